@@ -1,0 +1,55 @@
+"""The `ghostnetv3` command line.
+
+Each sub-command lives next to the code it drives and registers itself through
+`add_parser(subparsers)`; this file only lists them, so concerns stay in their folders.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module, attribute) pairs: each module exposes `add_parser(subparsers)` which sets `func`.
+_COMMANDS = [
+    "ghostnetv3.models.cli",      # info
+    "ghostnetv3.rep.cli",         # fuse
+    "ghostnetv3.engine.cli",      # train, eval, plot
+    "ghostnetv3.distill.cli",     # cache-teacher
+    "ghostnetv3.deploy.cli",      # export, quantize, bench
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ghostnetv3",
+        description="Train compact CNNs the GhostNetV3 way and ship them fused.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod_name in _COMMANDS:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:  # a concern not built yet
+            if e.name == mod_name:
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        # One clear line for the user; the traceback helps nobody who passed a bad flag.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"ghostnetv3 {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
