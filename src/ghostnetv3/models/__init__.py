@@ -1,11 +1,7 @@
-"""Model registry. (Being written: GhostNetV3/V2 of our own; other names come from timm.)"""
-from __future__ import annotations
+"""Models: GhostNetV3/V2 of our own, any timm model by name, and checkpoint loading."""
+from .checkpoint import convert_state_dict, load_checkpoint, read_state_dict, save_state_dict
+from .ghostnet import GhostNet
+from .registry import create_model, is_ours, list_models
 
-import timm
-import torch.nn as nn
-
-
-def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, pretrained: bool = False,
-                 **kwargs) -> nn.Module:
-    kwargs.pop("num_conv_branches", None)
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+__all__ = ["GhostNet", "create_model", "list_models", "is_ours", "load_checkpoint", "read_state_dict",
+           "convert_state_dict", "save_state_dict"]

@@ -1,0 +1,177 @@
+"""One loader for every deploy command: a run directory, a checkpoint file, or a model name.
+
+`load_for_deploy` returns the model (eval mode, still in whatever form the checkpoint holds:
+fusion is the caller's step) and a plain dict describing how it sees images, which the
+exporters write into the exported file so `quantize` and `bench` need no extra flags.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import yaml
+
+__all__ = ["load_for_deploy", "read_state_dict", "CHECKPOINT_SUFFIXES"]
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
+# The run directory files in order of preference: the best validation epoch, else the latest.
+_RUN_CHECKPOINTS = ("best.pt", "last.pt")
+# Model keys of config.yaml that change the architecture (passed to create_model when set).
+_ARCH_KEYS = ("width", "num_conv_branches", "stem_stride", "drop_rate")
+# Where a checkpoint dict keeps its weights; EMA first (the paper's reported numbers are EMA's).
+_EMA_KEYS = ("ema", "state_dict_ema", "model_ema")
+_RAW_KEYS = ("model", "state_dict")
+
+
+def _torch_load(path: Path) -> Any:
+    if path.name.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _clean(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+    # DDP's `module.` prefix and profiler counters are the two things met in the wild (SPEC §2).
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor) or k.endswith(("total_ops", "total_params")):
+            continue
+        out[k[7:] if k.startswith("module.") else k] = v
+    return out
+
+
+def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, which one: 'ema' | 'model' | 'plain') from a checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a dict of tensors or of state dicts, got {type(ckpt).__name__}")
+    for kind, keys in (("ema", _EMA_KEYS if use_ema else ()), ("model", _RAW_KEYS)):
+        for key in keys:
+            if isinstance(ckpt.get(key), dict) and ckpt[key]:
+                return _clean(ckpt[key]), kind
+    sd = _clean(ckpt)
+    if not sd:
+        raise ValueError(f"{path}: no weights found (looked for {', '.join(_EMA_KEYS + _RAW_KEYS)})")
+    return sd, "plain"
+
+
+def _stored_config(path: Path) -> dict[str, Any]:
+    """The training config saved inside a checkpoint, if any (engine checkpoints keep one)."""
+    try:
+        ckpt = _torch_load(path)
+    except Exception:  # a config is a nicety; a broken file is reported when the weights load
+        return {}
+    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return dict(cfg) if isinstance(cfg, dict) else {}
+
+
+def _infer_from_weights(sd: dict[str, torch.Tensor]) -> dict[str, int]:
+    """in_chans from the first conv kernel, num_classes from the last linear weight."""
+    out = {}
+    convs = [v for v in sd.values() if v.ndim == 4]
+    if convs:
+        out["in_chans"] = int(convs[0].shape[1])
+    linears = [v for k, v in sd.items() if v.ndim == 2 and k.endswith("weight")]
+    if linears:
+        out["num_classes"] = int(linears[-1].shape[0])
+    return out
+
+
+def _build(cfg: dict[str, Any]) -> nn.Module:
+    from ghostnetv3.models import create_model
+    kwargs = {k: cfg[k] for k in _ARCH_KEYS if cfg.get(k) is not None}
+    model = create_model(cfg["model"], num_classes=int(cfg["num_classes"]), in_chans=int(cfg["in_chans"]),
+                         **kwargs)
+    if cfg.get("repify"):
+        from ghostnetv3.rep import repify  # a repified run's checkpoint has branch keys
+        model = repify(model, **({"num_conv_branches": cfg["num_conv_branches"]}
+                                 if cfg.get("num_conv_branches") else {}))
+    return model
+
+
+def _load_weights(model: nn.Module, path: Path, sd: dict[str, torch.Tensor]) -> None:
+    try:
+        from ghostnetv3.models import load_checkpoint  # knows every layout (reference, timm, DDP)
+    except ImportError:
+        load_checkpoint = None
+    if load_checkpoint is not None:
+        load_checkpoint(model, str(path), use_ema=True)
+        return
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: {len(missing)} missing keys (e.g. "
+                         f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
+                         f"check --model and the model's width/branch settings")
+
+
+def _is_model_name(name: str) -> bool:
+    import timm
+    try:
+        from ghostnetv3.models import list_models  # ours, when the registry grows one
+        if name in list_models():
+            return True
+    except ImportError:
+        pass
+    return name in timm.list_models() or name.startswith(("ghostnetv3_", "ghostnetv2_"))
+
+
+def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
+                    num_classes: Optional[int] = None, in_chans: Optional[int] = None,
+                    img_size: Optional[int] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """RUN_DIR | CHECKPOINT (+ model) | MODEL_NAME -> (eval-mode model, config dict).
+
+    The config dict always has model, num_classes, in_chans, img_size, weights ('ema' | 'model' |
+    'plain' | 'random'), source; and, when known, data, mean, std and the architecture keys.
+    Explicit keyword arguments override what the run recorded.
+    """
+    spec_str = str(spec)
+    path = Path(spec_str)
+    cfg: dict[str, Any] = {}
+    ckpt_path: Optional[Path] = None
+    if path.is_dir():
+        cfg_file = path / "config.yaml"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path} is not a run directory: no config.yaml in it")
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+        ckpt_path = next((path / n for n in _RUN_CHECKPOINTS if (path / n).is_file()), None)
+        if ckpt_path is None:
+            raise FileNotFoundError(f"{path} holds no {' or '.join(_RUN_CHECKPOINTS)}: has the run saved a checkpoint yet?")
+    elif path.is_file():
+        if path.suffix == ".onnx":
+            raise ValueError(f"{path} is already an ONNX model; this command needs a run directory, "
+                             f"a PyTorch checkpoint or a model name")
+        ckpt_path = path
+        cfg = _stored_config(path)
+        if not cfg and (path.parent / "config.yaml").is_file():
+            cfg = yaml.safe_load((path.parent / "config.yaml").read_text()) or {}
+    elif spec_str.endswith(CHECKPOINT_SUFFIXES) or os.sep in spec_str:
+        raise FileNotFoundError(f"no such run directory or checkpoint: {spec_str}")
+    elif _is_model_name(spec_str):
+        cfg = {"model": spec_str}
+    else:
+        raise ValueError(f"'{spec_str}' is not a run directory, a checkpoint file or a known model name")
+
+    if model:
+        cfg["model"] = model
+    if not cfg.get("model"):
+        raise ValueError(f"{spec_str}: which architecture? pass --model NAME (no config.yaml next to it)")
+    sd, weights = (read_state_dict(ckpt_path) if ckpt_path else ({}, "random"))
+    inferred = _infer_from_weights(sd)
+    for key, value, default in (("num_classes", num_classes, 1000), ("in_chans", in_chans, 3),
+                                ("img_size", img_size, 224)):
+        if value is not None:
+            cfg[key] = value
+        elif cfg.get(key) is None:
+            cfg[key] = inferred.get(key, default)
+
+    net = _build(cfg)
+    if ckpt_path is not None:
+        _load_weights(net, ckpt_path, sd)
+    cfg.update(weights=weights, source=spec_str)
+    return net.eval(), cfg

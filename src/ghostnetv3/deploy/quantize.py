@@ -1,0 +1,233 @@
+"""Static INT8 post-training quantization with onnxruntime, and its accuracy cost.
+
+QDQ format with per-channel weight scales: a fused depthwise kernel sums several BN-scaled
+branches, so its channels' ranges differ by orders of magnitude and one per-tensor scale
+would flatten most of them to zero (the "INT8 of fused models loses accuracy" complaint).
+Calibration and evaluation images go through the data layer's eval transform, i.e. exactly
+what the model saw at validation time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["quantize_onnx", "quantize", "eval_batches", "onnx_top1", "CALIB_METHODS"]
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _aug_config(cfg: dict[str, Any], train: bool = False):
+    """The data layer's eval transform for a model described by `cfg` (None keys: defaults)."""
+    from ghostnetv3.data import AugConfig
+    known = {f.name for f in dataclasses.fields(AugConfig)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()
+          if k in ("mean", "std", "eval_crop_pct", "interpolation") and k in known and v is not None}
+    return AugConfig(image_size=int(cfg["img_size"]), in_chans=int(cfg["in_chans"]), train=train, **kw)
+
+
+def eval_batches(name: str, split: str, cfg: dict[str, Any], limit: Optional[int] = None,
+                 batch_size: int = 64, seed: int = 0) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int]:
+    """(iterator of (float32 NCHW images, int64 labels), count) from a dataset split.
+
+    `limit` takes a seeded random subset (every class represented in proportion), so 512
+    calibration images are not 512 images of the first class.
+    """
+    from ghostnetv3.data import BatchAugment, load_dataset
+    kw = {}
+    if cfg.get("val_fraction") is not None:
+        kw["val_fraction"] = float(cfg["val_fraction"])
+    ds = load_dataset(name, split, seed=int(cfg.get("seed") or 0), **kw)
+    n = len(ds.labels)
+    if n == 0:
+        raise ValueError(f"dataset '{name}' split '{split}' has no images")
+    idx = torch.arange(n)
+    if limit and limit < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    aug = BatchAugment(_aug_config(cfg), seed=seed)
+
+    def it():
+        for s in range(0, len(idx), batch_size):
+            b = idx[s:s + batch_size]
+            x = aug(ds.images[b], b, 0)
+            yield x.numpy().astype(np.float32, copy=False), ds.labels[b].numpy()
+    return it(), len(idx)
+
+
+def onnx_top1(path: str | os.PathLike, batches, threads: Optional[int] = None) -> tuple[float, int]:
+    """(top-1 accuracy in %, images) of an ONNX classifier over (images, labels) batches."""
+    from ghostnetv3.deploy.export import onnx_session
+    sess = onnx_session(path, threads)
+    inp = sess.get_inputs()[0]
+    fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    correct = total = 0
+    for x, y in batches:
+        chunks = [x] if fixed_batch is None else [x[i:i + fixed_batch] for i in range(0, len(x), fixed_batch)]
+        preds = []
+        for c in chunks:
+            if fixed_batch and len(c) < fixed_batch:  # pad a static-batch model's last chunk
+                c = np.concatenate([c, np.zeros((fixed_batch - len(c),) + c.shape[1:], c.dtype)])
+            preds.append(sess.run(None, {inp.name: c})[0].argmax(1))
+        pred = np.concatenate(preds)[:len(y)]
+        correct += int((pred == y).sum())
+        total += len(y)
+    return 100.0 * correct / max(total, 1), total
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over pre-computed batches."""
+
+    def __init__(self, input_name: str, batches):
+        self.input_name, self.batches, self.count = input_name, iter(batches), 0
+
+    def get_next(self):
+        x = next(self.batches, None)
+        if x is None:
+            return None
+        self.count += len(x)
+        return {self.input_name: x}
+
+    def rewind(self):  # not needed by static calibration; here for the protocol
+        raise RuntimeError("calibration batches can be read once")
+
+
+def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calib_batches,
+                  per_channel: bool = True, calib_method: str = "minmax",
+                  activation_type: str = "int8") -> dict[str, Any]:
+    """Pre-process (shape inference, graph folding) then quantize_static in QDQ format."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    if calib_method not in CALIB_METHODS:
+        raise ValueError(f"calib method '{calib_method}': use one of {', '.join(CALIB_METHODS)}")
+    if activation_type not in ("int8", "uint8"):
+        raise ValueError(f"activation type '{activation_type}': use int8 or uint8")
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calib_method]
+    int8_path = Path(int8_path)
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    reader_cls = type("Reader", (_Reader, CalibrationDataReader), {})
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre))
+        import onnx
+        name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+        reader = reader_cls(name, calib_batches)
+        quantize_static(str(pre), str(int8_path), reader, quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, calibrate_method=method,
+                        activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+    if reader.count == 0:
+        raise ValueError("no calibration images were read; check --calib-data and --calib-size")
+    _copy_metadata(fp32_path, int8_path)
+    return {"calib_images": reader.count, "calib_method": calib_method, "per_channel": per_channel,
+            "activation_type": activation_type, "format": "QDQ"}
+
+
+def _copy_metadata(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    import onnx
+    a = onnx.load(str(src), load_external_data=False)
+    b = onnx.load(str(dst))
+    have = {p.key for p in b.metadata_props}
+    for p in a.metadata_props:
+        if p.key not in have:
+            b.metadata_props.add(key=p.key, value=p.value)
+    onnx.save(b, str(dst))
+
+
+def quantize(source: str | os.PathLike, calib_data: Optional[str], *, calib_size: int = 512,
+             eval_data: Optional[str] = None, eval_size: Optional[int] = None,
+             calib_split: str = "train", eval_split: str = "val", output: Optional[str] = None,
+             input_size: Optional[tuple[int, int, int]] = None, per_channel: bool = True,
+             calib_method: str = "minmax", activation_type: str = "int8", batch_size: int = 64,
+             seed: int = 0, evaluate: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """RUN_DIR | CHECKPOINT | MODEL.onnx -> INT8 ONNX, plus fp32 vs INT8 top-1 on `eval_data`.
+
+    A run directory or checkpoint is fused and exported to fp32 ONNX first (next to the INT8
+    file). `eval_data` defaults to `calib_data` (its `eval_split`: images not calibrated on).
+    """
+    source = Path(str(source))
+    if not calib_data:
+        try:
+            trained_on = _describe(source).get("data")
+        except Exception:  # noqa: BLE001 - the hint is optional
+            trained_on = None
+        hint = f"; this model was trained on '{trained_on}'" if trained_on else ""
+        raise ValueError("static INT8 quantization needs calibration images: pass --calib-data NAME "
+                         f"(fashion-mnist, elpv or a folder of class folders){hint}")
+    if calib_size < 1:
+        raise ValueError(f"--calib-size must be at least 1 (got {calib_size})")
+
+    if source.suffix == ".onnx":
+        from ghostnetv3.deploy.export import read_metadata
+        fp32_path = source
+        cfg = read_metadata(source)
+        int8_path = Path(output) if output else source.with_name(source.stem + ".int8.onnx")
+    else:
+        from ghostnetv3.deploy.export import export_model
+        from ghostnetv3.deploy.load import load_for_deploy
+        model, cfg = load_for_deploy(str(source))
+        if input_size:
+            cfg["in_chans"], cfg["img_size"] = int(input_size[0]), int(input_size[1])
+        out_dir = (Path(output).parent if output else
+                   (source / "deploy" if source.is_dir() else source.with_name(source.stem + "_deploy")))
+        fp32_path = out_dir / "model_fp32.onnx"
+        int8_path = Path(output) if output else out_dir / "model_int8.onnx"
+        rep = export_model(model, fp32_path, "onnx", (cfg["in_chans"], cfg["img_size"], cfg["img_size"]),
+                           dynamic_batch=True, cfg=cfg, log=log)
+        log(f"exported fp32 ONNX: {fp32_path} (max |onnx - torch| = {rep['max_diff']:.2g})")
+    if input_size:
+        cfg["in_chans"], cfg["img_size"] = int(input_size[0]), int(input_size[1])
+    if not cfg.get("img_size") or not cfg.get("in_chans"):
+        raise ValueError(f"{source}: input size unknown (dynamic in the file, no metadata); pass --input-size C H W")
+
+    batches, n_calib = eval_batches(calib_data, calib_split, cfg, calib_size, batch_size, seed)
+    log(f"calibrating on {n_calib} images of {calib_data}:{calib_split} ({calib_method}, "
+        f"{'per-channel' if per_channel else 'per-tensor'} weights)")
+    report = {"source": str(source), "fp32_onnx": str(fp32_path), "int8_onnx": str(int8_path),
+              "calib_data": f"{calib_data}:{calib_split}"}
+    report.update(quantize_onnx(fp32_path, int8_path, (x for x, _ in batches), per_channel,
+                                calib_method, activation_type))
+    report["fp32_size_bytes"] = Path(fp32_path).stat().st_size
+    report["int8_size_bytes"] = Path(int8_path).stat().st_size
+    if evaluate:
+        name = eval_data or calib_data
+        for tag, path in (("fp32", fp32_path), ("int8", int8_path)):
+            batches, _ = eval_batches(name, eval_split, cfg, eval_size, 256, seed)
+            top1, n = onnx_top1(path, batches)
+            report[f"{tag}_top1"] = top1
+        report["eval_data"] = f"{name}:{eval_split}"
+        report["eval_images"] = n
+        report["top1_drop"] = report["fp32_top1"] - report["int8_top1"]
+        num_classes = cfg.get("num_classes")
+        report["num_classes"] = num_classes
+    return report
+
+
+def _describe(source: Path) -> dict[str, Any]:
+    import yaml
+    if source.is_dir() and (source / "config.yaml").is_file():
+        return yaml.safe_load((source / "config.yaml").read_text()) or {}
+    if source.suffix == ".onnx" and source.is_file():
+        from ghostnetv3.deploy.export import read_metadata
+        return read_metadata(source)
+    return {}
+
+
+def format_report(r: dict[str, Any]) -> str:
+    rows = [("model", "top-1 (%)", "size (MB)", "file"),
+            ("fp32", f"{r['fp32_top1']:.2f}" if "fp32_top1" in r else "-", f"{r['fp32_size_bytes'] / 1e6:.2f}", r["fp32_onnx"]),
+            ("int8", f"{r['int8_top1']:.2f}" if "int8_top1" in r else "-", f"{r['int8_size_bytes'] / 1e6:.2f}", r["int8_onnx"])]
+    w = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for row in rows]
+    if "eval_images" in r:
+        lines.append(f"eval: {r['eval_images']} images of {r['eval_data']}; "
+                     f"calibration: {r['calib_images']} images of {r['calib_data']}; "
+                     f"top-1 drop {r['top1_drop']:+.2f} points")
+    return "\n".join(lines)

@@ -1,0 +1,563 @@
+"""`train(cfg)`: the training loop — one process or many (torchrun), CPU or GPU.
+
+The loop is timm's recipe machinery (optimizer and scheduler factories, ModelEmaV3, Mixup,
+label smoothing) around our in-memory data path. What we add is exactness: the learning rate is
+a function of the global step, augmentation a function of (seed, sample, epoch), and every other
+random stream is saved in the checkpoint, so a run killed at any step and resumed ends with the
+same weights as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt_io
+from .config import TrainConfig, from_checkpoint_dict
+
+FORMAT = "ghostnetv3-train/1"
+OUR_MODELS = ("ghostnetv3_", "ghostnetv2_")
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM: a checkpoint was saved at the current step."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
+    from ghostnetv3.models import create_model
+
+    kwargs: dict[str, Any] = {}
+    if cfg.drop_rate is not None:
+        kwargs["drop_rate"] = cfg.drop_rate
+    model_knobs = {"num_conv_branches": cfg.num_conv_branches, "width": cfg.width, "stem_stride": cfg.stem_stride}
+    set_knobs = {k: v for k, v in model_knobs.items() if v is not None}
+    if set_knobs and not cfg.model.startswith(OUR_MODELS) and not cfg.repify:
+        raise ValueError(f"{', '.join(set_knobs)} apply to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
+    if cfg.model.startswith(OUR_MODELS):
+        kwargs.update(set_knobs)
+    model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, pretrained=cfg.pretrained, **kwargs)
+    if cfg.repify:
+        try:
+            from ghostnetv3.rep import repify
+        except ImportError as e:
+            raise RuntimeError("--repify needs ghostnetv3.rep.repify, which this install lacks") from e
+        model = repify(model, num_conv_branches=cfg.num_conv_branches or 3)
+    if cfg.init_checkpoint:
+        from ghostnetv3.models import load_checkpoint
+        load_checkpoint(model, cfg.init_checkpoint, use_ema=True, reset_head=cfg.reset_head)
+    return model
+
+
+def reparameterize(model: nn.Module) -> nn.Module:
+    """The fused (deploy) copy of a model."""
+    try:
+        from ghostnetv3.rep import reparameterize as fuse
+    except ImportError:
+        from timm.utils.model import reparameterize_model
+
+        def fuse(m, inplace=False):
+            import copy
+            return reparameterize_model(m if inplace else copy.deepcopy(m))
+    was_training = model.training
+    model.eval()
+    fused = fuse(model, inplace=False)
+    model.train(was_training)
+    return fused.eval()
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict[str, float]:
+    """Top-1/top-5 (%) and mean cross-entropy over every image of the loader."""
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, n = 0.0, 0
+    for batch in loader:
+        x, y = batch.images, batch.labels.to(device)
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        correct1 += hit[:, 0].sum().item()
+        correct5 += hit.any(dim=1).sum().item()
+        n += y.numel()
+    if n == 0:
+        raise ValueError("the validation set is empty")
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+
+
+def subset(ds, n: Optional[int], seed: int):
+    """The first n images of a seeded permutation (same images for the same seed)."""
+    if n is None or n >= len(ds.labels):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds.labels), generator=g)[:n].sort().values
+    return dataclasses.replace(ds, images=ds.images[idx], labels=ds.labels[idx])
+
+
+def aug_config(cfg: TrainConfig, in_chans: int, train: bool):
+    from ghostnetv3.data import AugConfig
+
+    kwargs = dict(image_size=cfg.img_size, in_chans=in_chans, train=train, scale=cfg.scale, ratio=cfg.ratio,
+                  crop_mode=cfg.crop_mode, padding=cfg.padding, hflip=cfg.hflip, vflip=cfg.vflip,
+                  color_jitter=cfg.color_jitter, reprob=cfg.reprob, interpolation=cfg.interpolation)
+    for key in ("mean", "std", "eval_crop_pct"):  # None: the data layer's default
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
+    return AugConfig(**kwargs)
+
+
+def load_datasets(cfg: TrainConfig):
+    from ghostnetv3.data import load_dataset
+
+    common = dict(seed=cfg.seed, val_fraction=cfg.val_fraction, on_bad_image=cfg.on_bad_image,
+                  image_size=cfg.img_size)
+    train_set = load_dataset(cfg.data, split="train", **common)
+    val_set = load_dataset(cfg.data, split="val", **common)
+    return subset(train_set, cfg.train_subset, cfg.seed), subset(val_set, cfg.val_subset, cfg.seed + 1)
+
+
+# --------------------------------------------------------------------------- distributed
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(cfg: TrainConfig) -> tuple[Dist, torch.device]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    d = Dist(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    want = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and d.enabled:
+        want = f"cuda:{d.local_rank}"
+    device = torch.device(want)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if d.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.batch_size % d.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly "
+                         f"over {d.world_size} processes")
+    return d, device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- run directory
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.experiment:
+        run_dir = Path(cfg.output) / cfg.experiment
+        if (run_dir / ckpt_io.LAST).exists():
+            raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                                  f"or pick another --experiment")
+    else:
+        data_name = Path(cfg.data.rstrip("/")).name or cfg.data
+        run_dir = Path(cfg.output) / f"{cfg.model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def trim_metrics(path: Path, epoch: int, step: int) -> None:
+    """On resume, forget log lines written after the checkpoint (they will be written again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if rec.get("type") == "epoch" and rec["epoch"] > epoch:
+            continue
+        if rec.get("type") == "step" and (rec["epoch"] > epoch + 1 or (rec["epoch"] == epoch + 1 and rec["step"] > step)):
+            continue
+        keep.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except Exception:  # tensorboard not installed: jsonl only
+                self.tb = None
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            x = rec.get("global_step", rec.get("epoch", 0))
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step", "global_step"):
+                    self.tb.add_scalar(f"{rec['type']}/{k}", v, x)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --------------------------------------------------------------------------- signals
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:  # second signal: the user insists
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- the loop
+
+def _train_loader(cfg, train_set, in_chans, d: Dist, device, augment, view_fn):
+    if cfg.aa:  # RandAugment is per-sample PIL work: timm's transform pipeline in DataLoader workers
+        from .aa_loader import AALoader
+        return AALoader(cfg, train_set, in_chans, d, device)
+    from ghostnetv3.data import InMemoryLoader
+    return InMemoryLoader(train_set, cfg.batch_size // d.world_size, augment, shuffle=True, drop_last=True,
+                          seed=cfg.seed, rank=d.rank, world_size=d.world_size, device=device,
+                          channels_last=cfg.channels_last, view_fn=view_fn)
+
+
+def _val_loader(cfg, val_set, in_chans, device):
+    from ghostnetv3.data import BatchAugment, InMemoryLoader
+
+    augment = BatchAugment(aug_config(cfg, in_chans, train=False), seed=cfg.seed)
+    return InMemoryLoader(val_set, max(cfg.batch_size, 256), augment, shuffle=False, drop_last=False,
+                          seed=cfg.seed, rank=0, world_size=1, device=device, channels_last=cfg.channels_last)
+
+
+def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
+    """Train as `cfg` says; returns the summary (also the last line of metrics.jsonl).
+
+    `train_set`/`val_set` (ImageSets) replace `cfg.data` — for tests and notebooks.
+    """
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+    from tqdm import tqdm
+
+    d, device = init_distributed(cfg)
+
+    # -- resume: the run directory and the state to continue from
+    state = None
+    if cfg.resume:
+        ckpt_path = ckpt_io.find_checkpoint(cfg.resume)
+        state = ckpt_io.load(ckpt_path)
+        if state.get("format") != FORMAT:
+            raise ValueError(f"{ckpt_path} is not a ghostnetv3 training checkpoint (no optimizer state); "
+                             f"start a new run with --init-checkpoint {ckpt_path}")
+        if state["model_name"] != cfg.model:
+            raise ValueError(f"{ckpt_path} was saved from model '{state['model_name']}', not '{cfg.model}'; "
+                             f"resume with --model {state['model_name']} or start a new run")
+        run_dir = ckpt_path.parent
+    else:
+        run_dir = make_run_dir(cfg) if d.main else Path(cfg.output)
+
+    seed_everything(cfg.seed + d.rank)
+
+    # -- data
+    if train_set is None:
+        train_set, val_set = load_datasets(cfg)
+    num_classes = cfg.num_classes or len(train_set.classes)
+    in_chans = cfg.in_chans or int(train_set.images.shape[1])
+
+    # -- model (built under the same seed on every rank; DDP also broadcasts rank 0's weights)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, num_classes, in_chans)
+    if cfg.sync_bn and d.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.seed + d.rank)
+
+    from ghostnetv3.data import BatchAugment
+    augment = BatchAugment(aug_config(cfg, in_chans, train=True), seed=cfg.seed)
+    distiller = None
+    if cfg.teacher or cfg.teacher_cache:
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            raise ValueError("distillation with Mixup/CutMix is not supported; set --mixup 0 --cutmix 0")
+        from ghostnetv3.distill import build_distiller
+        distiller = build_distiller(cfg, train_set, augment, device)
+    loader = _train_loader(cfg, train_set, in_chans, d, device, augment, getattr(distiller, "view_fn", None))
+    val_loader = _val_loader(cfg, val_set, in_chans, device) if d.main else None
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set.labels)} training images make no full batch of "
+                         f"{cfg.batch_size // d.world_size}; lower --batch-size")
+
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)
+    # stepped per optimizer update: the lr is a pure function of the global step, so resume is exact
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
+                                       warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
+                                       step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if (cfg.model_ema and d.main) else None
+
+    mixup_fn = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                         label_smoothing=cfg.smoothing, num_classes=num_classes)
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+
+    start_epoch, start_step, global_step = 0, 0, 0
+    best = {"top1": -1.0, "epoch": 0, "source": None}
+    loss_sum, loss_count, elapsed = 0.0, 0, 0.0
+    if state is not None:
+        try:
+            model.load_state_dict(state["state_dict"])
+        except RuntimeError as e:
+            raise ValueError(f"{ckpt_path} does not fit model '{cfg.model}' with this config "
+                             f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            if state.get("state_dict_ema") is not None:
+                ema.module.load_state_dict(state["state_dict_ema"])
+            else:
+                ema = ModelEmaV3(model, decay=cfg.model_ema_decay)
+        start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
+        best = {"top1": state["best_top1"], "epoch": state["best_epoch"], "source": state["best_source"]}
+        loss_sum, loss_count, elapsed = state["epoch_loss_sum"], state["epoch_loss_count"], state["elapsed"]
+        rngs = state["rng"]
+        if len(rngs) == d.world_size:
+            ckpt_io.set_rng_state(rngs[d.rank])
+        elif d.main:
+            print(f"note: checkpoint saved by {len(rngs)} processes, resuming on {d.world_size}: "
+                  f"dropout/Mixup randomness will differ from an uninterrupted run")
+        if d.main:
+            trim_metrics(run_dir / "metrics.jsonl", start_epoch, start_step)
+
+    model_without_ddp = model
+    if d.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    if d.main:
+        cfg.save(run_dir / "config.yaml")
+    log = MetricsLog(run_dir, d.main)
+
+    def save(path_name: str, epoch: int, step: int) -> None:
+        rng = ckpt_io.rng_state()
+        rngs = [rng]
+        if d.enabled:
+            rngs = [None] * d.world_size
+            dist.all_gather_object(rngs, rng)
+        if not d.main:
+            return
+        ckpt_io.atomic_save({
+            "format": FORMAT, "model_name": cfg.model,
+            "state_dict": ckpt_io.strip_module_prefix(model_without_ddp.state_dict()),
+            "state_dict_ema": ema.module.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rngs,
+            "epoch": epoch, "step": step, "global_step": global_step,
+            "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count,
+            "best_top1": best["top1"], "best_epoch": best["epoch"], "best_source": best["source"],
+            "elapsed": elapsed + (time.perf_counter() - t_start),
+            "num_classes": num_classes, "in_chans": in_chans, "classes": list(map(str, train_set.classes)),
+            "config": cfg.to_dict(),
+        }, run_dir / path_name)
+
+    summary: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    try:
+        with StopFlag() as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                loader.set_epoch(epoch)
+                model.train()
+                first = start_step if epoch == start_epoch else 0
+                if first == 0:
+                    loss_sum, loss_count = 0.0, 0
+                bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           disable=not d.main, mininterval=1.0, dynamic_ncols=True, leave=False)
+                t_epoch, seen = time.perf_counter(), 0
+                for step, batch in enumerate(loader.iter_from(first), start=first):
+                    x, y = batch.images, batch.labels
+                    target = y
+                    if mixup_fn is not None:
+                        x, target = mixup_fn(x, y)
+                    with autocast(device, cfg.amp):
+                        logits = model(x)
+                        loss = criterion(logits, target)
+                        if distiller is not None:
+                            loss, _parts = distiller(logits, batch, loss)
+                    # one collective per step: any rank's bad loss or signal stops all ranks together
+                    flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0, float(stop.signum)],
+                                         device=device)
+                    if d.enabled:
+                        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                    if flags[0] > 0:
+                        kept = run_dir / ckpt_io.LAST
+                        raise NonFiniteLoss(
+                            f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
+                            f"(global step {global_step + 1}); stopped before updating the weights. "
+                            + (f"last good checkpoint: {kept}. " if kept.exists() else "no checkpoint saved yet. ")
+                            + "try a lower --lr, --clip-grad 1.0, or --amp none")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.clip_grad:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model_without_ddp.parameters(), cfg.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    global_step += 1
+                    scheduler.step_update(num_updates=global_step)
+                    if ema is not None:
+                        ema.update(model_without_ddp, step=global_step)
+
+                    loss_val = loss.item()
+                    loss_sum += loss_val
+                    loss_count += 1
+                    seen += y.shape[0] * d.world_size
+                    lr = optimizer.param_groups[0]["lr"]
+                    if d.main:
+                        bar.update(1)
+                        rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                        bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
+                        if cfg.log_interval and (step + 1) % cfg.log_interval == 0:
+                            log.write({"type": "step", "epoch": epoch + 1, "step": step + 1,
+                                       "global_step": global_step, "loss": loss_val, "lr": lr})
+                    if flags[1] > 0:
+                        save(ckpt_io.LAST, epoch, step + 1)
+                        signum = int(flags[1].item())
+                        raise TrainingInterrupted(
+                            f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1} step {step + 1}; "
+                            f"checkpoint saved — continue with: ghostnetv3 train --resume {run_dir}", signum)
+                    if cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0 \
+                            and step + 1 < steps_per_epoch:
+                        save(ckpt_io.LAST, epoch, step + 1)
+                bar.close()
+                epoch_time = time.perf_counter() - t_epoch
+
+                # -- evaluate on rank 0 over the whole validation set (exact, no padding)
+                rec: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "global_step": global_step,
+                                       "train_loss": loss_sum / max(loss_count, 1),
+                                       "lr": optimizer.param_groups[0]["lr"],
+                                       "train_img_s": seen / max(epoch_time, 1e-9)}
+                if d.main:
+                    raw = evaluate(model_without_ddp, val_loader, device, cfg.amp)
+                    rec.update({f"val_{k}": v for k, v in raw.items() if k != "n"})
+                    candidates = {"raw": raw["top1"]}
+                    if ema is not None:
+                        ema_m = evaluate(ema.module, val_loader, device, cfg.amp)
+                        rec.update({f"ema_{k}": v for k, v in ema_m.items() if k != "n"})
+                        candidates["ema"] = ema_m["top1"]
+                    source = max(candidates, key=candidates.get)
+                    rec["elapsed_s"] = elapsed + (time.perf_counter() - t_start)
+                    improved = candidates[source] > best["top1"]
+                    if improved:
+                        best = {"top1": candidates[source], "epoch": epoch + 1, "source": source}
+                    rec.update({"best_top1": best["top1"], "best_epoch": best["epoch"], "best_source": best["source"]})
+                    log.write(rec)
+                    ema_txt = f"  ema top1 {rec['ema_top1']:.2f}" if ema is not None else ""
+                    print(f"epoch {epoch + 1}/{cfg.epochs}  loss {rec['train_loss']:.4f}  "
+                          f"top1 {rec['val_top1']:.2f}{ema_txt}  lr {rec['lr']:.2e}  "
+                          f"{rec['train_img_s']:.0f} img/s  {epoch_time:.0f}s", flush=True)
+                    summary = rec
+                model.train()
+                loss_sum, loss_count = 0.0, 0
+                save(ckpt_io.LAST, epoch + 1, 0)
+                if d.main and summary.get("best_epoch") == epoch + 1:
+                    ckpt_io.atomic_save({
+                        "format": "ghostnetv3-weights/1", "model_name": cfg.model,
+                        "state_dict": ckpt_io.strip_module_prefix(model_without_ddp.state_dict()),
+                        "state_dict_ema": ema.module.state_dict() if ema is not None else None,
+                        "best_source": best["source"], "epoch": epoch + 1, "metrics": {
+                            k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                        "num_classes": num_classes, "in_chans": in_chans,
+                        "classes": list(map(str, train_set.classes)), "config": cfg.to_dict(),
+                    }, run_dir / ckpt_io.BEST)
+    except BaseException:
+        if d.enabled and dist.is_initialized():
+            dist.destroy_process_group()  # no barrier: the other ranks may be gone
+        raise
+    finally:
+        log.close()
+    if d.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
+
+    summary = dict(summary, run_dir=str(run_dir))
+    return summary

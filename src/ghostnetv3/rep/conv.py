@@ -1,0 +1,274 @@
+"""The one re-parameterization primitive: `RepConv2d`.
+
+During training a `RepConv2d` is ``num_conv_branches`` parallel k×k conv+BN branches, an optional
+1×1 "scale" conv+BN branch and an optional identity BN branch, summed (GhostNetV3, RepVGG,
+MobileOne).  For inference it is one `nn.Conv2d` with bias (`fuse()`).  All BatchNorm folding and
+kernel padding of the project live in this file and nowhere else.
+
+Why the parameters are stacked ([B, ...] tensors rather than B sub-modules): the training forward
+can then treat branches as one tensor.  Branches whose kernel is 1×1 (the 1×1 conv branches of a
+pointwise conv, the scale branch and the identity branch) are merged *exactly* into one conv: in
+training mode BN(k⊛x) = a·(k⊛x − μ) + β with a = γ/√(σ²+ε), and μ, σ² of a 1×1 branch are linear /
+quadratic forms of the input's channel mean and covariance, so the sum of such branches is a single
+conv with the kernel Σ a_b·k_b.  Autograd through the statistics gives the exact gradients, and each
+branch's running statistics are updated exactly as its own BatchNorm would.  k×k branches have no
+cheap exact shortcut (their statistics need each channel's k²×k² patch covariance), so they run as
+one stacked conv and one BN call over all branches.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["RepConv2d", "fold_bn"]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def fold_bn(kernel: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, gamma: torch.Tensor,
+            beta: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold BN(kernel⊛x) into (kernel', bias'): kernel·γ/√(σ²+ε), β − μ·γ/√(σ²+ε).
+
+    `kernel` has the output channels on dim -4 (any leading dims are branch dims)."""
+    t = gamma / torch.sqrt(var + eps)
+    return kernel * t[..., None, None, None], beta - mean * t
+
+
+class RepConv2d(nn.Module):
+    """k×k conv with re-parameterizable branches; a drop-in for Conv2d+BatchNorm2d.
+
+    Args:
+        num_conv_branches: parallel k×k conv+BN branches (≥1).
+        scale_branch: add a 1×1 conv+BN branch where the kernel is larger than 1×1.
+        identity_branch: add an identity BN branch where in==out channels and stride is 1.
+        exact_fast_path: use the exact merged training forward (default); False runs every
+            branch separately (the plain per-branch math, for testing and debugging).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None,
+                 groups: int = 1, num_conv_branches: int = 3, scale_branch: bool = True,
+                 identity_branch: bool = True, eps: float = 1e-5, momentum: float | None = 0.1,
+                 exact_fast_path: bool = True, device=None, dtype=None):
+        super().__init__()
+        if num_conv_branches < 1:
+            raise ValueError(f"num_conv_branches must be >= 1, got {num_conv_branches}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) "
+                             f"must be divisible by groups ({groups})")
+        kh, kw = _pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kh, kw)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding if padding is not None else (kh // 2, kw // 2))
+        self.groups = groups
+        self.num_conv_branches = num_conv_branches
+        self.eps, self.momentum = eps, momentum
+        self.exact_fast_path = exact_fast_path
+        centred = kh % 2 == 1 and kw % 2 == 1 and self.padding == (kh // 2, kw // 2)
+        self.has_scale = bool(scale_branch) and (kh, kw) != (1, 1) and centred
+        self.has_identity = (bool(identity_branch) and in_channels == out_channels
+                             and self.stride == (1, 1) and centred)
+        dd = {"device": device, "dtype": dtype}
+        B, cig = num_conv_branches, in_channels // groups
+        self.weight = nn.Parameter(torch.empty(B, out_channels, cig, kh, kw, **dd))
+        self._add_bn("bn", (B, out_channels), dd)
+        if self.has_scale:
+            self.scale_weight = nn.Parameter(torch.empty(out_channels, cig, 1, 1, **dd))
+            self._add_bn("scale_bn", (out_channels,), dd)
+        if self.has_identity:
+            self._add_bn("identity_bn", (out_channels,), dd)
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.reset_parameters()
+
+    def _add_bn(self, prefix: str, shape, dd) -> None:
+        setattr(self, f"{prefix}_weight", nn.Parameter(torch.ones(shape, **dd)))
+        setattr(self, f"{prefix}_bias", nn.Parameter(torch.zeros(shape, **dd)))
+        self.register_buffer(f"{prefix}_running_mean", torch.zeros(shape, **dd))
+        self.register_buffer(f"{prefix}_running_var", torch.ones(shape, **dd))
+
+    def _bn(self, prefix: str):
+        return (getattr(self, f"{prefix}_running_mean"), getattr(self, f"{prefix}_running_var"),
+                getattr(self, f"{prefix}_weight"), getattr(self, f"{prefix}_bias"))
+
+    def bn_prefixes(self) -> list[str]:
+        return ["bn"] + (["scale_bn"] if self.has_scale else []) + (["identity_bn"] if self.has_identity else [])
+
+    def reset_parameters(self) -> None:
+        for b in range(self.num_conv_branches):  # each branch initialised like an nn.Conv2d
+            nn.init.kaiming_uniform_(self.weight[b], a=math.sqrt(5))
+        if self.has_scale:
+            nn.init.kaiming_uniform_(self.scale_weight, a=math.sqrt(5))
+        for p in self.bn_prefixes():
+            mean, var, gamma, beta = self._bn(p)
+            mean.zero_(), var.fill_(1.0), nn.init.ones_(gamma), nn.init.zeros_(beta)
+        self.num_batches_tracked.zero_()
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
+                f"num_conv_branches={self.num_conv_branches}, scale_branch={self.has_scale}, "
+                f"identity_branch={self.has_identity}")
+
+    # ------------------------------------------------------------------ fusion (eval semantics)
+    def _identity_kernel(self, like: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        cig = self.in_channels // self.groups
+        k = like.new_zeros(self.out_channels, cig, kh, kw)
+        idx = torch.arange(self.out_channels, device=like.device)
+        k[idx, idx % cig, kh // 2, kw // 2] = 1.0
+        return k
+
+    def _pad_to_kernel(self, k1x1: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        return F.pad(k1x1, [kw // 2, kw // 2, kh // 2, kh // 2])
+
+    def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The single kernel and bias that equal all branches in eval mode (running statistics)."""
+        kernel, bias = fold_bn(self.weight, *self._bn("bn"), self.eps)
+        kernel, bias = kernel.sum(0), bias.sum(0)
+        if self.has_scale:
+            k, b = fold_bn(self.scale_weight, *self._bn("scale_bn"), self.eps)
+            kernel, bias = kernel + self._pad_to_kernel(k), bias + b
+        if self.has_identity:
+            k, b = fold_bn(self._identity_kernel(self.weight), *self._bn("identity_bn"), self.eps)
+            kernel, bias = kernel + k, bias + b
+        return kernel, bias
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """One `nn.Conv2d` (with bias) computing what this module computes in eval mode."""
+        kernel, bias = self.get_kernel_bias()
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, groups=self.groups, bias=True,
+                         device=kernel.device, dtype=kernel.dtype)
+        conv.weight.copy_(kernel)
+        conv.bias.copy_(bias)
+        return conv
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            kernel, bias = self.get_kernel_bias()
+            return F.conv2d(x, kernel, bias, self.stride, self.padding, 1, self.groups)
+        if not self.exact_fast_path:
+            return self.forward_reference(x)
+        return self._forward_train(x)
+
+    def _momentum(self) -> float:
+        """The factor nn.BatchNorm2d would use for this step (also advances the counter)."""
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Every branch as its own conv + BatchNorm: the plain math the fast paths must equal."""
+        use_batch = self.training
+        mom = self._momentum() if use_batch else 0.0
+        out = 0
+        for b in range(self.num_conv_branches):
+            z = F.conv2d(x, self.weight[b], None, self.stride, self.padding, 1, self.groups)
+            out = out + F.batch_norm(z, self.bn_running_mean[b], self.bn_running_var[b],
+                                     self.bn_weight[b], self.bn_bias[b], use_batch, mom, self.eps)
+        if self.has_scale:
+            z = F.conv2d(x, self.scale_weight, None, self.stride, 0, 1, self.groups)
+            z = z[..., : out.shape[-2], : out.shape[-1]]
+            out = out + F.batch_norm(z, *self._bn("scale_bn"), use_batch, mom, self.eps)
+        if self.has_identity:
+            out = out + F.batch_norm(x, *self._bn("identity_bn"), use_batch, mom, self.eps)
+        return out
+
+    def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
+        mom = self._momentum()
+        n_pos = x.shape[0] * math.ceil(x.shape[2] / self.stride[0]) * math.ceil(x.shape[3] / self.stride[1])
+        if n_pos < 2:
+            raise ValueError("RepConv2d in training mode needs more than 1 value per channel "
+                             "(batch size 1 with a 1×1 output); use a larger batch or eval mode")
+        depthwise = self.groups == self.in_channels == self.out_channels
+        pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0)
+        # x sampled at the output positions: what every 1×1 branch (scale, identity) sees.
+        xs = x[:, :, :: self.stride[0], :: self.stride[1]] if self.stride != (1, 1) else x
+        if pointwise and self.groups == 1 and self._covariance_is_cheaper():
+            return self._forward_pointwise_merged(x, xs, mom)
+        out = self._forward_stacked_branches(x, mom)
+        if depthwise and (self.has_scale or self.has_identity):
+            return out + self._channelwise_extras(xs, mom)
+        if self.has_scale:
+            z = F.conv2d(xs, self.scale_weight, None, 1, 0, 1, self.groups)
+            out = out + F.batch_norm(z, *self._bn("scale_bn"), True, mom, self.eps)
+        if self.has_identity:
+            out = out + F.batch_norm(x, *self._bn("identity_bn"), True, mom, self.eps)
+        return out
+
+    def _covariance_is_cheaper(self) -> bool:
+        # fwd+bwd multiply-adds per position: covariance (2·Cin²) + one conv (3·Cin·Cout)
+        # versus B convs (3·B·Cin·Cout).
+        cin, cout, B = self.in_channels, self.out_channels, self.num_conv_branches
+        return 2 * cin * cin + 3 * cin * cout < 3 * B * cin * cout
+
+    def _forward_stacked_branches(self, x: torch.Tensor, mom: float) -> torch.Tensor:
+        """All k×k branches as one conv and one BN call (each branch keeps its own statistics)."""
+        B, cout = self.num_conv_branches, self.out_channels
+        w = self.weight.reshape(B * cout, *self.weight.shape[2:])
+        if B == 1:
+            z = F.conv2d(x, w, None, self.stride, self.padding, 1, self.groups)
+        elif self.groups == 1:
+            z = F.conv2d(x, w, None, self.stride, self.padding, 1, 1)
+        else:  # grouped/depthwise: repeat the input so each branch is its own set of groups
+            z = F.conv2d(x.repeat(1, B, 1, 1), w, None, self.stride, self.padding, 1, B * self.groups)
+        z = F.batch_norm(z, self.bn_running_mean.view(-1), self.bn_running_var.view(-1),
+                         self.bn_weight.view(-1), self.bn_bias.view(-1), True, mom, self.eps)
+        if B == 1:
+            return z
+        return z.unflatten(1, (B, cout)).sum(1)
+
+    def _update_running(self, prefix: str, idx, mean: torch.Tensor, var: torch.Tensor, n: int, mom: float):
+        rm, rv = getattr(self, f"{prefix}_running_mean"), getattr(self, f"{prefix}_running_var")
+        with torch.no_grad():
+            rm[idx] = (1 - mom) * rm[idx] + mom * mean.detach()
+            rv[idx] = (1 - mom) * rv[idx] + mom * var.detach() * (n / (n - 1))
+
+    def _forward_pointwise_merged(self, x, xs, mom: float) -> torch.Tensor:
+        """1×1 dense branches (+ identity) merged exactly through the input's channel covariance."""
+        n = xs.shape[0] * xs.shape[2] * xs.shape[3]
+        flat = xs.transpose(0, 1).reshape(self.in_channels, n)
+        m = flat.mean(1)
+        centred = flat - m[:, None]
+        cov = centred @ centred.t() / n
+        W = self.weight.reshape(self.num_conv_branches, self.out_channels, self.in_channels)
+        mean = W @ m                                              # [B, Cout]
+        var = ((W @ cov) * W).sum(-1)                             # diag(W Σ Wᵀ), [B, Cout]
+        self._update_running("bn", slice(None), mean, var, n, mom)
+        k, bias = fold_bn(W[..., None, None], mean, var, self.bn_weight, self.bn_bias, self.eps)
+        kernel, bias = k.sum(0), bias.sum(0)
+        if self.has_identity:
+            ivar = torch.diagonal(cov)
+            self._update_running("identity_bn", slice(None), m, ivar, n, mom)
+            k, b = fold_bn(self._identity_kernel(W), m, ivar, self.identity_bn_weight,
+                           self.identity_bn_bias, self.eps)
+            kernel, bias = kernel + k, bias + b
+        return F.conv2d(x, kernel, bias, self.stride, 0, 1, 1)
+
+    def _channelwise_extras(self, xs: torch.Tensor, mom: float) -> torch.Tensor:
+        """Depthwise scale + identity branches: per-channel affine maps of x, merged exactly."""
+        n = xs.shape[0] * xs.shape[2] * xs.shape[3]
+        var_x, m = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
+        a = xs.new_zeros(self.out_channels)
+        c = xs.new_zeros(self.out_channels)
+        if self.has_scale:
+            w = self.scale_weight.view(-1)
+            mean, var = w * m, w * w * var_x
+            self._update_running("scale_bn", slice(None), mean, var, n, mom)
+            k, b = fold_bn(w[:, None, None, None], mean, var, self.scale_bn_weight, self.scale_bn_bias, self.eps)
+            a, c = a + k.view(-1), c + b
+        if self.has_identity:
+            self._update_running("identity_bn", slice(None), m, var_x, n, mom)
+            k, b = fold_bn(torch.ones_like(m)[:, None, None, None], m, var_x, self.identity_bn_weight,
+                           self.identity_bn_bias, self.eps)
+            a, c = a + k.view(-1), c + b
+        return xs * a[None, :, None, None] + c[None, :, None, None]

@@ -1,0 +1,61 @@
+"""`reparameterize` (any model → its deploy form) and `verify_fusion`."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .conv import RepConv2d
+
+__all__ = ["reparameterize", "verify_fusion", "has_branches"]
+
+
+def _fuse_children(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, RepConv2d):
+            setattr(module, name, child.fuse())
+            continue
+        fuse_fn = getattr(child, "reparameterize", None) or getattr(child, "switch_to_deploy", None)
+        if callable(fuse_fn):  # timm/MobileOne-style modules fuse themselves
+            fuse_fn()
+        _fuse_children(child)
+        restore = getattr(child, "_ghostnetv3_restore", None)
+        if callable(restore):  # a repified site returning to its original layout
+            setattr(module, name, restore())
+
+
+def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fuse every re-parameterizable module of `model` and return it in eval mode.
+
+    Works on our models, on models converted with `repify`, and on any model whose modules expose
+    `reparameterize()` or `switch_to_deploy()` (timm's GhostNetV3, MobileOne, RepVGG, ...)."""
+    if model.training:
+        warnings.warn("reparameterize: model was in train mode; fusing uses the BatchNorm running "
+                      "statistics, so it was put in eval mode", stacklevel=2)
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    if isinstance(model, RepConv2d):
+        return model.fuse().eval()
+    _fuse_children(model)
+    return model.eval()
+
+
+def has_branches(model: nn.Module) -> bool:
+    """True while any RepConv2d (or a self-fusing module) is left."""
+    return any(isinstance(m, RepConv2d) or callable(getattr(m, "reparameterize", None))
+               or callable(getattr(m, "switch_to_deploy", None)) for m in model.modules())
+
+
+@torch.no_grad()
+def verify_fusion(model: nn.Module, fused: nn.Module, inputs: torch.Tensor) -> float:
+    """Max absolute difference between `model` (in eval mode) and `fused` on `inputs`."""
+    modes = (model.training, fused.training)
+    model.eval(), fused.eval()
+    try:
+        a, b = model(inputs), fused(inputs)
+    finally:
+        model.train(modes[0]), fused.train(modes[1])
+    return float((a.float() - b.float()).abs().max())
