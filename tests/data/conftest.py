@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Decoded-dataset caches go to a temp dir, so tests neither read nor leave stale files."""
+    old = os.environ.get("GHOSTNETV3_CACHE_DIR")
+    os.environ["GHOSTNETV3_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("GHOSTNETV3_CACHE_DIR", None)
+    else:
+        os.environ["GHOSTNETV3_CACHE_DIR"] = old
+
+
+def _have_fmnist() -> bool:
+    d = os.environ.get("GHOSTNETV3_DATA_DIR")
+    dirs = [FMNIST] + ([Path(d), Path(d) / "fashion-mnist"] if d else [])
+    return any((p / "train-images-idx3-ubyte.gz").is_file() for p in dirs)
+
+
+needs_fmnist = pytest.mark.skipif(not _have_fmnist(),
+                                  reason="needs `sudo apt-get install dataset-fashion-mnist`")
+
+
+@pytest.fixture(scope="session")
+def fmnist_small():
+    """The first 512 Fashion-MNIST training images."""
+    if not _have_fmnist():
+        pytest.skip("needs `sudo apt-get install dataset-fashion-mnist`")
+    from ghostnetv3.data import load_dataset
+
+    return load_dataset("fashion-mnist", "train").subset(range(512), "fmnist-512")
