@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
         "train", help="train a model from a YAML recipe with --key value overrides",
         description="Train from a recipe (-c recipes/NAME.yaml); any recipe key can be overridden as "
                     "--key value (dashes or underscores). --batch-size is the GLOBAL batch: under "
-                    "torchrun each of N processes takes batch_size/N. --resume RUN_DIR continues a run exactly.")
+                    "torchrun each of N processes takes batch_size/N. --resume RUN_DIR continues a run exactly.",
+        allow_abbrev=False)
     p.__class__ = _KeyParser
     p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE", help="YAML recipe")
     for f in dataclasses.fields(C.TrainConfig):
@@ -41,7 +42,8 @@ def add_parser(subparsers) -> None:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         elif C.is_sequence(f.name):
             kwargs.update(nargs="+")
-        p.add_argument(flag, **kwargs)
+        flags = [flag] + ([f"--{f.name}"] if "_" in f.name else [])
+        p.add_argument(*flags, **kwargs)
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser("eval", help="top-1/top-5 of a run: raw, EMA and fused EMA weights")

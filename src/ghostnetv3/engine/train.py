@@ -125,7 +125,7 @@ def subset(ds, n: Optional[int], seed: int):
         return ds
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds.labels), generator=g)[:n].sort().values
-    return dataclasses.replace(ds, images=ds.images[idx], labels=ds.labels[idx])
+    return ds.subset(idx)
 
 
 def aug_config(cfg: TrainConfig, in_chans: int, train: bool):
@@ -287,7 +287,7 @@ def _train_loader(cfg, train_set, in_chans, d: Dist, device, augment, view_fn):
     from ghostnetv3.data import InMemoryLoader
     return InMemoryLoader(train_set, cfg.batch_size // d.world_size, augment, shuffle=True, drop_last=True,
                           seed=cfg.seed, rank=d.rank, world_size=d.world_size, device=device,
-                          channels_last=cfg.channels_last, view_fn=view_fn)
+                          channels_last=cfg.channels_last, view_fn=view_fn, prefetch=True)
 
 
 def _val_loader(cfg, val_set, in_chans, device):
@@ -482,6 +482,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                         nn.utils.clip_grad_norm_(model_without_ddp.parameters(), cfg.clip_grad)
                     scaler.step(optimizer)
                     scaler.update()
+                    lr = optimizer.param_groups[0]["lr"]  # the lr this step used
                     global_step += 1
                     scheduler.step_update(num_updates=global_step)
                     if ema is not None:
@@ -491,7 +492,6 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                     loss_sum += loss_val
                     loss_count += 1
                     seen += y.shape[0] * d.world_size
-                    lr = optimizer.param_groups[0]["lr"]
                     if d.main:
                         bar.update(1)
                         rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
