@@ -359,7 +359,7 @@ def _to_uint8(im: Image.Image) -> np.ndarray:
 
 
 def _to_chw(a: np.ndarray, channels: int) -> Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = torch.from_numpy(np.array(a, copy=True))  # PIL arrays are read-only
     if t.dim() == 2:
         t = t.unsqueeze(0)
         return t.expand(3, -1, -1).contiguous() if channels == 3 else t
