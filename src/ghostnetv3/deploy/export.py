@@ -10,8 +10,11 @@ What the model expects (image size, channels, normalization, classes) is written
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -42,6 +45,22 @@ def _metadata(cfg: Optional[dict]) -> dict[str, Any]:
             for k in _META_FIELDS if cfg.get(k) is not None}
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' own printing (graph dumps on a failed attempt, progress lines),
+    which goes to the process's file descriptors, not through Python."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int],
                 dynamic_batch: bool = False, opset: int = 17, cfg: Optional[dict] = None) -> Path:
     import onnx
@@ -49,7 +68,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(1, *input_size)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice is not the user's
         try:
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
