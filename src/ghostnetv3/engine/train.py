@@ -339,6 +339,9 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, num_classes, in_chans)
     if cfg.sync_bn and d.enabled:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm is GPU-only); on CPU each rank "
+                             "normalises with its own batch statistics")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if cfg.channels_last:
