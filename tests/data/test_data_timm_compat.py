@@ -36,3 +36,16 @@ def test_streaming_folder_and_tar(tmp_path):
         t.add(tmp_path / "imgs", arcname=".")
     ds = load_streaming_dataset(str(tmp_path / "imgs.tar"), "train", tf)
     assert len(ds) == 6 and ds[0][0].shape == (3, 8, 8)
+
+
+def test_batched_eval_matches_timm_eval_transform(fmnist_small):
+    from ghostnetv3.data import BatchAugment
+
+    ds = fmnist_small.subset(range(32))
+    for size, pct, tol in ((32, 1.0, 0.01), (32, 0.875, 0.01), (24, 1.0, 0.05)):
+        cfg = AugConfig(size, train=False, eval_crop_pct=pct)
+        ours = BatchAugment(cfg)(ds.images, torch.arange(32), 0)
+        ref = TimmTransformDataset(ds, timm_transform(cfg))
+        theirs = torch.stack([ref[i][0] for i in range(32)])
+        # PIL rounds to uint8 and its downscale filter is a triangle, ours a box
+        assert (ours - theirs).abs().mean() < tol, (size, pct)

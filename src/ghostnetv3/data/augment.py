@@ -231,9 +231,10 @@ class BatchAugment:
         elif C != cfg.in_chans:
             raise ValueError(f"images have {C} channels; in_chans={cfg.in_chans} needs 1 or 3")
         mean, std = cfg.norm_stats()
-        m = torch.tensor(mean, device=dev).view(1, -1, 1, 1) * 255
-        s = torch.tensor(std, device=dev).view(1, -1, 1, 1) * 255
-        x = (x - m) / s
+        # (x - 255 m) / (255 s) as one broadcasting op; it also materializes a gray->3ch expand
+        scale = 1.0 / (255.0 * torch.tensor(std, device=dev, dtype=torch.float64))
+        bias = -torch.tensor(mean, device=dev, dtype=torch.float64) * 255.0 * scale
+        x = torch.addcmul(bias.float().view(1, -1, 1, 1), x, scale.float().view(1, -1, 1, 1))
 
         if cfg.train and cfg.reprob > 0 and bool(p["erase"].any()):
             x = self._erase(x, p)
