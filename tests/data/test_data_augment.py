@@ -139,3 +139,26 @@ def test_bad_config_errors():
         BatchAugment(AugConfig(32, interpolation="bicubic"))
     with pytest.raises(ValueError, match="in_chans"):
         BatchAugment(AugConfig(32, in_chans=1, mean=(0.5, 0.5), std=(0.5, 0.5)))
+
+
+def test_view_does_not_depend_on_output_size():
+    x = _imgs(16, 1, 28, 28)
+    idx, key = torch.arange(16) * 3, torch.arange(16) % 4
+    small = BatchAugment(AugConfig(28, color_jitter=0.4), seed=5)
+    big = BatchAugment(AugConfig(56, color_jitter=0.4), seed=5)
+    ps, pb = small.sample_params(idx, key, (28, 28)), big.sample_params(idx, key, (28, 28))
+    for k in ("box", "hflip", "vflip", "brightness", "contrast", "saturation"):
+        assert torch.equal(ps[k], pb[k]), k
+    # the 56 px view, box-filtered back to 28 px, is close to the 28 px view
+    down = torch.nn.functional.avg_pool2d(big(x, idx, key), 2)
+    assert (down - small(x, idx, key)).abs().mean() < 0.15
+
+
+def test_resize_at_load_matches_interpolate():
+    from ghostnetv3.data.datasets import _resize_u8
+
+    x = _imgs(10, 3, 40, 30)
+    for hw in ((20, 20), (64, 48), (37, 13)):
+        ref = torch.nn.functional.interpolate(x.float(), size=hw, mode="bilinear", align_corners=False,
+                                              antialias=True).round().clamp(0, 255)
+        assert (_resize_u8(x, hw).float() - ref).abs().max() <= 1

@@ -100,3 +100,9 @@ def test_fashion_mnist_slice_batches(fmnist_small):
     assert len(batches) == 4
     assert batches[0].images.shape == (128, 3, 32, 32) and batches[0].images.dtype == torch.float32
     assert torch.isfinite(batches[0].images).all()
+
+
+def test_no_augment_yields_raw_uint8(small):
+    loader = InMemoryLoader(small, 10, None, shuffle=False, drop_last=True)
+    b = next(iter(loader))
+    assert b.images.dtype == torch.uint8 and torch.equal(b.images, small.images[:10])

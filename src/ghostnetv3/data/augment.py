@@ -10,6 +10,10 @@ takes one bilinear sample per output pixel when upsampling (an identity box retu
 image exactly) and averages ceil(box/out)² samples when downsampling (a box filter against
 aliasing); on a 2-core CPU it was 2-4x faster than `grid_sample` for these sizes.
 
+The crop box (in source pixels), flips and jitter factors do not depend on the output size,
+so a teacher augmenting at 224 px and a student at 32 px with the same seed and (index, key)
+see the same view of the image.
+
 Differences from timm's per-sample transforms (use `TimmTransformDataset` where they matter):
 color jitter applies brightness, contrast, saturation in that fixed order (torchvision picks a
 random order) and has no hue; resampling is bilinear only; no RandAugment/AutoAugment.

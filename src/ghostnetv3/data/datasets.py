@@ -236,17 +236,31 @@ def _save_cache(path: Path, blob: dict) -> None:
 
 
 # ---- resizing -----------------------------------------------------------------------------------
-def _resize_u8(images: Tensor, hw: tuple[int, int], chunk: int = 512) -> Tensor:
-    """Antialiased bilinear resize of a uint8 batch, in chunks to bound memory."""
-    if tuple(images.shape[-2:]) == tuple(hw):
+def _resize_u8(images: Tensor, hw: tuple[int, int], chunk: int = 4096) -> Tensor:
+    """Bilinear resize of a uint8 batch (antialiased when shrinking), in chunks to bound memory.
+
+    Resizing is linear and separable, so it is two small matrix products, Ry @ x @ Rx^T, whose
+    matrices are F.interpolate applied to identities: the same numbers as F.interpolate, but
+    BLAS-fast on stacks of small images (F.interpolate was ~30x slower here on 1-channel images).
+    """
+    H, W = images.shape[-2:]
+    if (H, W) == tuple(hw):
         return images
-    out = [F.interpolate(images[i:i + chunk].float(), size=hw, mode="bilinear",
-                         align_corners=False, antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    ry, rx = _resize_matrix(H, hw[0]), _resize_matrix(W, hw[1])
+    out = [(ry @ images[i:i + chunk].float() @ rx.T).round_().clamp_(0, 255).to(torch.uint8)
            for i in range(0, len(images), chunk)]
     return torch.cat(out)
 
 
+def _resize_matrix(n: int, m: int) -> Tensor:
+    """[m, n]: row i holds the weights of the n inputs in output i (bilinear, antialiased if m < n)."""
+    eye = torch.eye(n)[None, None]
+    return F.interpolate(eye, size=(m, n), mode="bilinear", align_corners=False, antialias=m < n)[0, 0]
+
+
 def _resize_set(ds: ImageSet, size: int) -> ImageSet:
+    if tuple(ds.images.shape[-2:]) == (size, size):
+        return ds
     return ImageSet(_resize_u8(ds.images, (size, size)), ds.labels, ds.classes, f"{ds.name}@{size}", ds.skipped)
 
 

@@ -30,9 +30,13 @@ class Batch(NamedTuple):
 
 
 class InMemoryLoader:
-    """Iterates an ImageSet in batches with BatchAugment; no worker processes."""
+    """Iterates an ImageSet in batches with BatchAugment; no worker processes.
 
-    def __init__(self, ds: ImageSet, batch_size: int, augment: BatchAugment, *, shuffle: bool,
+    augment=None yields the uint8 images as stored. prefetch=True builds the next batch on a
+    thread while the caller works on this one (helps when the step leaves a core idle).
+    """
+
+    def __init__(self, ds: ImageSet, batch_size: int, augment: BatchAugment | None, *, shuffle: bool,
                  drop_last: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: str | torch.device = "cpu", channels_last: bool = False,
                  view_fn: Callable[[Tensor, int], Tensor] | None = None, prefetch: bool = False):
@@ -88,7 +92,10 @@ class InMemoryLoader:
         images = self.ds.images[idx]
         if self.device.type != "cpu":
             images = images.pin_memory().to(self.device, non_blocking=True)
-        x = self.augment(images, idx.to(self.device), keys.to(self.device))
+        if self.augment is None:  # raw uint8 batches (callers that transform elsewhere)
+            x = images
+        else:
+            x = self.augment(images, idx.to(self.device), keys.to(self.device))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, self.ds.labels[idx].to(self.device), idx, keys)
