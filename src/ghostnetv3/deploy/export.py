@@ -27,8 +27,8 @@ __all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export",
            "onnx_session", "ExportMismatchError", "META_KEY"]
 
 META_KEY = "ghostnetv3"  # ONNX metadata_props key / TorchScript extra-file name (JSON value)
-_META_FIELDS = ("model", "num_classes", "in_chans", "img_size", "mean", "std", "data",
-                "eval_crop_pct", "interpolation", "weights", "source")
+_META_FIELDS = ("model", "num_classes", "in_chans", "img_size", "mean", "std", "data", "seed",
+                "val_fraction", "eval_crop_pct", "interpolation", "weights", "source")
 
 
 class ExportMismatchError(RuntimeError):
@@ -101,7 +101,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: Se
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, x, check_trace=False)
         traced = torch.jit.freeze(traced.eval())  # constants folded; batch size stays free
-    torch.jit.save(traced, str(path), _extra_files={META_KEY: json.dumps(_metadata(cfg))})
+        torch.jit.save(traced, str(path), _extra_files={META_KEY: json.dumps(_metadata(cfg))})
     return path
 
 
@@ -122,7 +122,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         info.setdefault("img_size", static[2] if len(static) == 4 else None)
         return info
     files = {META_KEY: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     return json.loads(files[META_KEY] or "{}")
 
 
@@ -141,7 +143,10 @@ def _runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:
         sess = onnx_session(path)
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})[0]
-    scripted = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still the format asked for
+        scripted = torch.jit.load(str(path), map_location="cpu")
+
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return scripted(torch.from_numpy(x)).numpy()

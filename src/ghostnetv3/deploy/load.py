@@ -62,13 +62,21 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict
 
 
 def _stored_config(path: Path) -> dict[str, Any]:
-    """The training config saved inside a checkpoint, if any (engine checkpoints keep one)."""
+    """The training config saved inside a checkpoint, with the class and channel counts the run
+    resolved at start (config.yaml may leave them None: 'from the dataset')."""
     try:
         ckpt = _torch_load(path)
     except Exception:  # a config is a nicety; a broken file is reported when the weights load
         return {}
-    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
-    return dict(cfg) if isinstance(cfg, dict) else {}
+    if not isinstance(ckpt, dict):
+        return {}
+    cfg = dict(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else {}
+    for key in ("num_classes", "in_chans"):
+        if cfg.get(key) is None and isinstance(ckpt.get(key), int):
+            cfg[key] = ckpt[key]
+    if not cfg.get("model") and isinstance(ckpt.get("model_name"), str):
+        cfg["model"] = ckpt["model_name"]
+    return cfg
 
 
 def _infer_from_weights(sd: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -84,14 +92,25 @@ def _infer_from_weights(sd: dict[str, torch.Tensor]) -> dict[str, int]:
 
 
 def _build(cfg: dict[str, Any]) -> nn.Module:
+    """The architecture exactly as training built it (the engine's builder when the config
+    came from a run), else create_model with the knobs that are set."""
+    try:
+        from ghostnetv3.engine.config import from_checkpoint_dict
+        from ghostnetv3.engine.train import build_model
+    except ImportError:
+        build_model = None
+    if build_model is not None and cfg.get("from_run"):
+        tc = from_checkpoint_dict({k: v for k, v in cfg.items() if k != "from_run"}).replace(
+            pretrained=False, init_checkpoint=None, resume=None)
+        return build_model(tc, int(cfg["num_classes"]), int(cfg["in_chans"]))
     from ghostnetv3.models import create_model
-    kwargs = {k: cfg[k] for k in _ARCH_KEYS if cfg.get(k) is not None}
+    ours = str(cfg["model"]).startswith(("ghostnetv3_", "ghostnetv2_"))
+    kwargs = {k: cfg[k] for k in _ARCH_KEYS if cfg.get(k) is not None and (ours or k == "drop_rate")}
     model = create_model(cfg["model"], num_classes=int(cfg["num_classes"]), in_chans=int(cfg["in_chans"]),
                          **kwargs)
     if cfg.get("repify"):
         from ghostnetv3.rep import repify  # a repified run's checkpoint has branch keys
-        model = repify(model, **({"num_conv_branches": cfg["num_conv_branches"]}
-                                 if cfg.get("num_conv_branches") else {}))
+        model = repify(model, num_conv_branches=cfg.get("num_conv_branches") or 3)
     return model
 
 
@@ -138,18 +157,23 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         cfg_file = path / "config.yaml"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path} is not a run directory: no config.yaml in it")
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
         ckpt_path = next((path / n for n in _RUN_CHECKPOINTS if (path / n).is_file()), None)
         if ckpt_path is None:
-            raise FileNotFoundError(f"{path} holds no {' or '.join(_RUN_CHECKPOINTS)}: has the run saved a checkpoint yet?")
+            raise FileNotFoundError(f"{path} holds no {' or '.join(_RUN_CHECKPOINTS)}: "
+                                    f"has the run saved a checkpoint yet?")
+        stored = _stored_config(ckpt_path)
+        cfg = {**stored, **{k: v for k, v in (yaml.safe_load(cfg_file.read_text()) or {}).items()
+                            if v is not None or k not in stored}}
+        cfg["from_run"] = True
     elif path.is_file():
         if path.suffix == ".onnx":
             raise ValueError(f"{path} is already an ONNX model; this command needs a run directory, "
                              f"a PyTorch checkpoint or a model name")
         ckpt_path = path
         cfg = _stored_config(path)
-        if not cfg and (path.parent / "config.yaml").is_file():
-            cfg = yaml.safe_load((path.parent / "config.yaml").read_text()) or {}
+        if not cfg.get("model") and (path.parent / "config.yaml").is_file():
+            cfg.update(yaml.safe_load((path.parent / "config.yaml").read_text()) or {})
+        cfg["from_run"] = bool(cfg.get("model")) and not model
     elif spec_str.endswith(CHECKPOINT_SUFFIXES) or os.sep in spec_str:
         raise FileNotFoundError(f"no such run directory or checkpoint: {spec_str}")
     elif _is_model_name(spec_str):
@@ -173,5 +197,6 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
     net = _build(cfg)
     if ckpt_path is not None:
         _load_weights(net, ckpt_path, sd)
+    cfg.pop("from_run", None)
     cfg.update(weights=weights, source=spec_str)
     return net.eval(), cfg

@@ -40,7 +40,8 @@ def eval_batches(name: str, split: str, cfg: dict[str, Any], limit: Optional[int
     calibration images are not 512 images of the first class.
     """
     from ghostnetv3.data import BatchAugment, load_dataset
-    kw = {}
+    # The split and the load-time resize exactly as training made them (engine.load_datasets).
+    kw = {"image_size": int(cfg["img_size"])}
     if cfg.get("val_fraction") is not None:
         kw["val_fraction"] = float(cfg["val_fraction"])
     ds = load_dataset(name, split, seed=int(cfg.get("seed") or 0), **kw)

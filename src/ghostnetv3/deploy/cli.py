@@ -1,0 +1,130 @@
+"""`ghostnetv3 export | quantize | bench`: the way out of PyTorch, and what it costs.
+
+    ghostnetv3 export runs/fmnist --format onnx --output model.onnx --dynamic-batch
+    ghostnetv3 quantize runs/fmnist --calib-data fashion-mnist
+    ghostnetv3 bench ghostnetv3_100 --batch-sizes 1,32 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _input_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+                   help="model input (default: the run's in_chans and img_size, else 3 224 224)")
+
+
+def _write_json(path: str | None, obj) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+        print(f"wrote {path}")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="fuse, export to ONNX or TorchScript, and verify the file against PyTorch",
+        description="Fuse the model (eval mode), export it, then run the exported file on sample "
+                    "inputs and fail (exit 1) if it differs from PyTorch by more than --tolerance.")
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL_NAME")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--output", "-o", required=True, metavar="FILE")
+    p.add_argument("--model", default=None, help="architecture of a bare checkpoint file")
+    p.add_argument("--num-classes", type=int, default=None, help="model name only: classes of the random head")
+    _input_size(p)
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (checked at 1 and 3)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - PyTorch| allowed")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser(
+        "quantize", help="static INT8 quantization (onnxruntime, QDQ) and its top-1 cost",
+        description="Quantize a run (exported to fp32 ONNX first) or an ONNX file to INT8 with "
+                    "calibration images, then report top-1 of fp32 vs INT8 on the eval split.")
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
+    p.add_argument("--calib-data", default=None, metavar="NAME",
+                   help="calibration dataset: fashion-mnist, elpv or a folder (its train split)")
+    p.add_argument("--calib-size", type=int, default=512, help="calibration images (seeded subset)")
+    p.add_argument("--eval-data", default=None, metavar="NAME", help="default: --calib-data")
+    p.add_argument("--eval-split", default="val", help="split of --eval-data to score (default val)")
+    p.add_argument("--eval-size", type=int, default=None, help="score only N images (seeded subset)")
+    p.add_argument("--no-eval", action="store_true", help="quantize only")
+    p.add_argument("--output", "-o", default=None, metavar="FILE",
+                   help="INT8 file (default: RUN_DIR/deploy/model_int8.onnx or MODEL.int8.onnx)")
+    _input_size(p)
+    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="one weight scale per output channel (default on)")
+    p.add_argument("--activation-type", choices=("int8", "uint8"), default="int8")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=run_quantize)
+
+    p = subparsers.add_parser(
+        "bench", help="params, MACs and latency: PyTorch eager vs onnxruntime fp32 vs INT8",
+        description="Params and MACs (train and fused form); latency median and p90 over "
+                    "interleaved repeated runs after warm-up, for each backend and batch size.")
+    p.add_argument("source", metavar="MODEL_NAME|RUN_DIR|CHECKPOINT")
+    _input_size(p)
+    p.add_argument("--batch-sizes", default="1,32", help="comma-separated (default 1,32)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every backend "
+                   "(default: torch's current setting)")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--calib-data", default=None, metavar="NAME",
+                   help="calibrate INT8 on this dataset (default: random images; latency only)")
+    p.add_argument("--no-int8", action="store_true", help="skip the INT8 backend")
+    p.add_argument("--train-form", action="store_true", help="also time the unfused model in eager")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=run_bench)
+
+
+def run_export(args) -> int:
+    from ghostnetv3.deploy.export import ExportMismatchError, export_model
+    from ghostnetv3.deploy.load import load_for_deploy
+    model, cfg = load_for_deploy(args.source, model=args.model, num_classes=args.num_classes)
+    size = args.input_size or (cfg["in_chans"], cfg["img_size"], cfg["img_size"])
+    if args.input_size:
+        cfg["in_chans"], cfg["img_size"] = size[0], size[1]
+    print(f"{cfg['model']} ({cfg['weights']} weights) -> {args.format} at {'x'.join(map(str, size))}")
+    try:
+        report = export_model(model, args.output, args.format, size, dynamic_batch=args.dynamic_batch,
+                              opset=args.opset, tolerance=args.tolerance, cfg=cfg)
+    except ExportMismatchError as e:
+        print(f"max |{args.format} - pytorch| = {e.max_diff:.3g}  FAIL (tolerance {args.tolerance:g})")
+        raise
+    print(f"max |{args.format} - pytorch| = {report['max_diff']:.3g}  ok (tolerance {args.tolerance:g}, "
+          f"batch {', '.join(map(str, report['batch_sizes_checked']))})")
+    print(f"wrote {report['output']} ({report['size_bytes'] / 1e6:.2f} MB)")
+    _write_json(args.json, report)
+    return 0
+
+
+def run_quantize(args) -> int:
+    from ghostnetv3.deploy.quantize import format_report, quantize
+    report = quantize(args.source, args.calib_data, calib_size=args.calib_size, eval_data=args.eval_data,
+                      eval_split=args.eval_split, eval_size=args.eval_size, output=args.output,
+                      input_size=args.input_size, per_channel=args.per_channel,
+                      calib_method=args.calib_method, activation_type=args.activation_type,
+                      evaluate=not args.no_eval)
+    print(format_report(report))
+    print(json.dumps(report, indent=2))
+    _write_json(args.json, report)
+    return 0
+
+
+def run_bench(args) -> int:
+    from ghostnetv3.deploy.bench import bench, format_table
+    try:
+        sizes = [int(s) for s in str(args.batch_sizes).split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--batch-sizes: expected comma-separated integers, got '{args.batch_sizes}'") from None
+    result = bench(args.source, input_size=args.input_size, batch_sizes=sizes, threads=args.threads,
+                   repeats=args.repeats, warmup=args.warmup, calib_data=args.calib_data,
+                   int8=not args.no_int8, train_form=args.train_form)
+    print(format_table(result))
+    print(json.dumps(result, indent=2))
+    _write_json(args.json, result)
+    return 0
