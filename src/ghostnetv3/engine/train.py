@@ -466,15 +466,18 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                         loss = criterion(logits, target)
                         if distiller is not None:
                             loss, _parts = distiller(logits, batch, loss)
-                    # one collective per step: any rank's bad loss or signal stops all ranks together
-                    flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0, float(stop.signum)],
-                                         device=device)
+                    # one collective per step: any rank's bad loss or signal stops all ranks together,
+                    # and the logged loss is the mean over ranks
+                    flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
+                                         torch.tensor(float(stop.signum == signal.SIGINT), device=device),
+                                         torch.tensor(float(stop.signum == signal.SIGTERM), device=device),
+                                         loss.detach().float() / d.world_size])
                     if d.enabled:
-                        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                        dist.all_reduce(flags)
                     if flags[0] > 0:
                         kept = run_dir / ckpt_io.LAST
                         raise NonFiniteLoss(
-                            f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
+                            f"loss became {flags[3].item():g} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
                             f"(global step {global_step + 1}); stopped before updating the weights. "
                             + (f"last good checkpoint: {kept}. " if kept.exists() else "no checkpoint saved yet. ")
                             + "try a lower --lr, --clip-grad 1.0, or --amp none")
@@ -491,7 +494,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                     if ema is not None:
                         ema.update(model_without_ddp, step=global_step)
 
-                    loss_val = loss.item()
+                    loss_val = flags[3].item()
                     loss_sum += loss_val
                     loss_count += 1
                     seen += y.shape[0] * d.world_size
@@ -502,9 +505,9 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                         if cfg.log_interval and (step + 1) % cfg.log_interval == 0:
                             log.write({"type": "step", "epoch": epoch + 1, "step": step + 1,
                                        "global_step": global_step, "loss": loss_val, "lr": lr})
-                    if flags[1] > 0:
+                    if flags[1] > 0 or flags[2] > 0:
                         save(ckpt_io.LAST, epoch, step + 1)
-                        signum = int(flags[1].item())
+                        signum = signal.SIGINT if flags[1] > 0 else signal.SIGTERM
                         raise TrainingInterrupted(
                             f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1} step {step + 1}; "
                             f"checkpoint saved — continue with: ghostnetv3 train --resume {run_dir}", signum)
@@ -562,5 +565,4 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
 
-    summary = dict(summary, run_dir=str(run_dir))
-    return summary
+    return dict(summary, run_dir=str(run_dir)) if d.main else {}
