@@ -143,3 +143,17 @@ def test_imageset_fingerprint_and_validation():
     assert ImageSet(y, torch.arange(4), a.classes, "a").fingerprint() != a.fingerprint()
     with pytest.raises(ValueError, match="uint8"):
         ImageSet(x.float(), torch.arange(4), a.classes, "a")
+
+
+def test_val_labels_follow_train_classes(tmp_path):
+    for c in ("a", "b", "c"):
+        _save(tmp_path / "train" / c / "x.png", Image.new("L", (4, 4), 1))
+    _save(tmp_path / "val" / "c" / "y.png", Image.new("L", (4, 4), 2))
+    va = load_dataset(str(tmp_path), "val")
+    assert va.classes == ["a", "b", "c"] and va.labels.tolist() == [2]
+    _save(tmp_path / "val" / "zebra" / "z.png", Image.new("L", (4, 4), 2))
+    with pytest.raises(ValueError, match="zebra"):
+        load_dataset(str(tmp_path), "val")
+    (tmp_path / "val").rename(tmp_path / "other")
+    with pytest.raises(ValueError, match="no val/"):
+        load_dataset(str(tmp_path), "train")

@@ -281,8 +281,15 @@ def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad:
     if split_dirs["train"].is_dir() and split_dirs.get("val") is not None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"split={split!r}; {root} has 'train' and 'val' folders")
-        classes = _class_folders(split_dirs["train"])
-        return _decode_folder(split_dirs[split], classes, on_bad, image_size, f"{root.name}:{split}")
+        classes = _class_folders(split_dirs["train"])  # train/ defines the label indices
+        d = split_dirs[split]
+        if split != "train":
+            extra = sorted(set(_class_folders(d)) - set(classes))
+            if extra:
+                raise ValueError(f"{d} has class folders not in {split_dirs['train']}: {extra[:5]}; "
+                                 f"add them to train/ or remove them")
+        return _decode_folder(d, classes, on_bad, image_size, f"{root.name}:{split}",
+                              allow_missing=split != "train")
     if split_dirs["train"].is_dir():
         raise ValueError(f"{root} has train/ but no val/ or validation/ folder; add one, or point "
                          f"at {split_dirs['train']} to split it by seed")
@@ -301,13 +308,12 @@ def _class_folders(root: Path) -> list[str]:
 
 
 def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int | None,
-                   name: str) -> ImageSet:
+                   name: str, allow_missing: bool = False) -> ImageSet:
     files, labels = [], []
     for c, cls in enumerate(classes):
         d = root / cls
-        if not d.is_dir():
-            raise ValueError(f"class folder {d} is missing (it exists in train/); add it or remove "
-                             f"the class from train/")
+        if not d.is_dir() and allow_missing:  # a val split may lack a class
+            continue
         found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
         if not found:
             raise ValueError(f"class folder {d} has no images ({', '.join(IMG_EXTENSIONS)}); "
