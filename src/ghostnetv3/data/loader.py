@@ -55,9 +55,10 @@ class InMemoryLoader:
         self.channels_last = channels_last
         self.view_fn = view_fn
         self.prefetch = prefetch  # build the next batch on a thread while the caller trains
-        # Batches are small tensors: one intra-op thread builds them about as fast as two on an idle
-        # 2-core machine and 5-15x faster when the cores are busy (OpenMP oversubscription), as
-        # they are when prefetching beside a training step. None: leave torch's setting alone.
+        # Batches are small tensors. With the cores busy (a training step beside the prefetch
+        # thread, other processes) one intra-op thread built them 5-20x faster than two here
+        # (OpenMP oversubscription); idle, two could at best halve a cost that is ~1% of a
+        # train step. None: leave torch's setting alone.
         self.aug_threads = aug_threads
         self.epoch = 0
         n = len(ds)
