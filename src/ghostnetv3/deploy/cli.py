@@ -58,7 +58,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="one weight scale per output channel (default on)")
-    p.add_argument("--activation-type", choices=("int8", "uint8"), default="int8")
+    p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
+                   help="uint8 (U8S8, the fast kernels on x86; default) or int8 (S8S8)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     p.set_defaults(func=run_quantize)
 

@@ -3,6 +3,8 @@
 QDQ format with per-channel weight scales: a fused depthwise kernel sums several BN-scaled
 branches, so its channels' ranges differ by orders of magnitude and one per-tensor scale
 would flatten most of them to zero (the "INT8 of fused models loses accuracy" complaint).
+Activations default to uint8 (U8S8): onnxruntime's x86 kernels for it ran GhostNetV3-1.0 about
+2x faster than S8S8 here, and VNNI CPUs have no U8S8 saturation problem.
 Calibration and evaluation images go through the data layer's eval transform, i.e. exactly
 what the model saw at validation time.
 """
@@ -100,7 +102,7 @@ class _Reader:
 
 def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calib_batches,
                   per_channel: bool = True, calib_method: str = "minmax",
-                  activation_type: str = "int8") -> dict[str, Any]:
+                  activation_type: str = "uint8") -> dict[str, Any]:
     """Pre-process (shape inference, graph folding) then quantize_static in QDQ format."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
@@ -146,7 +148,7 @@ def quantize(source: str | os.PathLike, calib_data: Optional[str], *, calib_size
              eval_data: Optional[str] = None, eval_size: Optional[int] = None,
              calib_split: str = "train", eval_split: str = "val", output: Optional[str] = None,
              input_size: Optional[tuple[int, int, int]] = None, per_channel: bool = True,
-             calib_method: str = "minmax", activation_type: str = "int8", batch_size: int = 64,
+             calib_method: str = "minmax", activation_type: str = "uint8", batch_size: int = 64,
              seed: int = 0, evaluate: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """RUN_DIR | CHECKPOINT | MODEL.onnx -> INT8 ONNX, plus fp32 vs INT8 top-1 on `eval_data`.
 

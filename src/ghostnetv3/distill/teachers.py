@@ -208,8 +208,10 @@ def create_teacher(name_or_path: str, num_classes: Optional[int] = None, checkpo
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":  # 4-D weights only: model.to(memory_format=) rejects other ranks
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
     teacher = Teacher(model, info["name"], weights, tcls,
                       in_chans=info.get("in_chans", 3), input_size=int(input_size or info.get("input_size", 224)),
                       mean=tuple(info.get("mean", _IMAGENET_MEAN)), std=tuple(info.get("std", _IMAGENET_STD)),

@@ -46,8 +46,9 @@ class RepConv2d(nn.Module):
         num_conv_branches: parallel k×k conv+BN branches (≥1).
         scale_branch: add a 1×1 conv+BN branch where the kernel is larger than 1×1.
         identity_branch: add an identity BN branch where in==out channels and stride is 1.
-        exact_fast_path: use the exact merged training forward (default); False runs every
-            branch separately (the plain per-branch math, for testing and debugging).
+        exact_fast_path: use the exact merged training forward and the folded eval forward
+            (default); False runs every branch as its own conv+BN (the plain per-branch math, which
+            `verify_fusion` and the tests compare against).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None,
@@ -152,11 +153,11 @@ class RepConv2d(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            kernel, bias = self.get_kernel_bias()
-            return F.conv2d(x, kernel, bias, self.stride, self.padding, 1, self.groups)
         if not self.exact_fast_path:
             return self.forward_reference(x)
+        if not self.training:  # eval = the fused conv, computed on the fly
+            kernel, bias = self.get_kernel_bias()
+            return F.conv2d(x, kernel, bias, self.stride, self.padding, 1, self.groups)
         return self._forward_train(x)
 
     def _momentum(self) -> float:
