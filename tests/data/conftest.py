@@ -24,10 +24,6 @@ def _have_fmnist() -> bool:
     return any((p / "train-images-idx3-ubyte.gz").is_file() for p in dirs)
 
 
-needs_fmnist = pytest.mark.skipif(not _have_fmnist(),
-                                  reason="needs `sudo apt-get install dataset-fashion-mnist`")
-
-
 @pytest.fixture(scope="session")
 def fmnist_small():
     """The first 512 Fashion-MNIST training images."""
