@@ -187,6 +187,9 @@ def export_model(model: nn.Module, output: str | os.PathLike, fmt: str = "onnx",
         raise ValueError(f"input size is C H W, got {input_size}")
     sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1))
     fused, info = to_deploy_form(model, sample, log=log)
+    if info["fusion_max_diff"] is not None and not info["fusion_max_diff"] <= tolerance:
+        log(f"warning: the fused model differs from the unfused one by {info['fusion_max_diff']:.3g} "
+            f"(> {tolerance:g}); the export is checked against the fused model")
     if fmt == "onnx":
         path = export_onnx(fused, output, input_size, dynamic_batch=dynamic_batch, opset=opset, cfg=cfg)
     else:  # a traced module runs at any batch size, so check batch 3 as well
