@@ -344,8 +344,8 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                              "normalises with its own batch statistics")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if cfg.channels_last:  # 4-D tensors only: Module.to(memory_format=...) rejects stacked 5-D branch kernels
+        model._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
     torch.manual_seed(cfg.seed + d.rank)
 
     from ghostnetv3.data import BatchAugment
@@ -419,6 +419,14 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
 
     if d.main:
         cfg.save(run_dir / "config.yaml")
+        n_params = sum(p.numel() for p in model_without_ddp.parameters())
+        skipped = len(getattr(train_set, "skipped", []) or []) + len(getattr(val_set, "skipped", []) or [])
+        print(f"{cfg.model} ({n_params / 1e6:.2f}M params, {num_classes} classes, {in_chans} ch) | "
+              f"{len(train_set)} train / {len(val_set)} val images"
+              + (f", {skipped} unreadable skipped" if skipped else "")
+              + f" | {steps_per_epoch} steps/epoch x {cfg.epochs} | {d.world_size} x {device} | "
+              + ("resuming at epoch {} step {} | ".format(start_epoch + 1, start_step) if state is not None else "")
+              + f"run dir {run_dir}", flush=True)
     log = MetricsLog(run_dir, d.main)
 
     def save(path_name: str, epoch: int, step: int) -> None:

@@ -81,7 +81,7 @@ _RULES = [  # (pattern, replacement, branch-index group or None)
     (rf"^(.*)\.(primary|cheap|dw)_rpr_scale\.conv\.weight$", r"\1.\2.scale_weight", None),
     (rf"^(.*)\.(primary|cheap|dw)_rpr_scale\.bn1\.{_BN}$", r"\1.\2.scale_bn_\3", None),
     (rf"^(.*)\.(primary|cheap|dw)_rpr_skip\.{_BN}$", r"\1.\2.identity_bn_\3", None),
-    (r"^(.*)\.short_conv\.(.*)$", r"\1.dfc.short_conv.\2", None),
+    (r"^(.*\.ghost1)\.short_conv\.(.*)$", r"\1.dfc.short_conv.\2", None),
     # fused V3 (conv with bias) and V2 (conv + BN) forms
     (r"^(.*)\.primary_conv\.0\.(weight|bias)$", r"\1.primary.\2", -1),
     (r"^(.*)\.cheap_operation\.0\.(weight|bias)$", r"\1.cheap.\2", -1),
@@ -95,7 +95,7 @@ _RULES = [(re.compile(p), r, g) for p, r, g in _RULES]
 
 def _looks_foreign(sd: dict) -> bool:
     return any(("_rpr_" in k or "primary_conv." in k or "cheap_operation." in k or ".conv_dw." in k
-                or ".short_conv." in k) for k in sd)
+                or ".ghost1.short_conv." in k) for k in sd)
 
 
 def _from_timm(sd: dict, target: dict) -> dict:
@@ -169,8 +169,8 @@ def load_checkpoint(model: nn.Module, path_or_sd, use_ema: bool = True, reset_he
     if strict and (missing or unexpected):
         raise ValueError(
             "checkpoint matches no known layout for this model: "
-            f"{len(unexpected)} unexpected keys (first: {unexpected[0] if unexpected else '-'}), "
-            f"{len(missing)} missing keys (first: {missing[0] if missing else '-'}); is it a "
+            f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3]) or '-'}), "
+            f"{len(missing)} missing keys ({', '.join(missing[:3]) or '-'}); is it a "
             "checkpoint of another model or of the other form (train vs fused)?")
     for k, v in sd.items():
         if k in target and v.shape != target[k].shape:
