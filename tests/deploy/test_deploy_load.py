@@ -35,3 +35,13 @@ def test_bad_sources():
         load_for_deploy("no_such_model_xyz")
     with pytest.raises(FileNotFoundError):
         load_for_deploy("missing/run")
+
+
+def test_raw_weights_when_the_run_chose_them(run_dir, tmp_path):
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    ckpt["best_source"] = "raw"  # a short run whose EMA had not caught up on validation
+    torch.save(ckpt, tmp_path / "best.pt")
+    (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    model, cfg = load_for_deploy(tmp_path)
+    assert cfg["weights"] == "model"
+    assert torch.equal(model.classifier.bias, ckpt["state_dict"]["classifier.bias"])

@@ -76,6 +76,8 @@ def _stored_config(path: Path) -> dict[str, Any]:
             cfg[key] = ckpt[key]
     if not cfg.get("model") and isinstance(ckpt.get("model_name"), str):
         cfg["model"] = ckpt["model_name"]
+    if ckpt.get("best_source") in ("raw", "ema"):
+        cfg["best_source"] = ckpt["best_source"]
     return cfg
 
 
@@ -114,13 +116,13 @@ def _build(cfg: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _load_weights(model: nn.Module, path: Path, sd: dict[str, torch.Tensor]) -> None:
+def _load_weights(model: nn.Module, path: Path, sd: dict[str, torch.Tensor], use_ema: bool) -> None:
     try:
         from ghostnetv3.models import load_checkpoint  # knows every layout (reference, timm, DDP)
     except ImportError:
         load_checkpoint = None
     if load_checkpoint is not None:
-        load_checkpoint(model, str(path), use_ema=True)
+        load_checkpoint(model, str(path), use_ema=use_ema)
         return
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
@@ -144,6 +146,9 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
                     num_classes: Optional[int] = None, in_chans: Optional[int] = None,
                     img_size: Optional[int] = None) -> tuple[nn.Module, dict[str, Any]]:
     """RUN_DIR | CHECKPOINT (+ model) | MODEL_NAME -> (eval-mode model, config dict).
+
+    Weights: EMA when the checkpoint has them, unless it records `best_source: raw` (the run
+    found its raw weights better on validation). A run directory means best.pt, else last.pt.
 
     The config dict always has model, num_classes, in_chans, img_size, weights ('ema' | 'model' |
     'plain' | 'random'), source; and, when known, data, mean, std and the architecture keys.
@@ -185,7 +190,10 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         cfg["model"] = model
     if not cfg.get("model"):
         raise ValueError(f"{spec_str}: which architecture? pass --model NAME (no config.yaml next to it)")
-    sd, weights = (read_state_dict(ckpt_path) if ckpt_path else ({}, "random"))
+    # EMA weights unless the run's own validation picked the raw ones (a short run's EMA can
+    # still be near its random start).
+    use_ema = cfg.get("best_source") != "raw"
+    sd, weights = (read_state_dict(ckpt_path, use_ema) if ckpt_path else ({}, "random"))
     inferred = _infer_from_weights(sd)
     for key, value, default in (("num_classes", num_classes, 1000), ("in_chans", in_chans, 3),
                                 ("img_size", img_size, 224)):
@@ -196,7 +204,7 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
 
     net = _build(cfg)
     if ckpt_path is not None:
-        _load_weights(net, ckpt_path, sd)
+        _load_weights(net, ckpt_path, sd, use_ema)
     cfg.pop("from_run", None)
     cfg.update(weights=weights, source=spec_str)
     return net.eval(), cfg
