@@ -108,3 +108,16 @@ def test_bad_input():
         model(torch.randn(1, 3, 31, 64))
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         model(torch.randn(1, 1, 64, 64))
+
+
+def test_channels_last_train_step_matches():
+    torch.manual_seed(0)
+    a = ghostnetv3.create_model("ghostnetv3_050", num_classes=4).train()
+    b = ghostnetv3.create_model("ghostnetv3_050", num_classes=4).train()
+    b.load_state_dict(a.state_dict())
+    b = b.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 40, 40)
+    ya, yb = a(x), b(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+    ya.sum().backward(), yb.sum().backward()
+    torch.testing.assert_close(a.conv_stem.weight.grad, b.conv_stem.weight.grad, rtol=1e-3, atol=1e-4)

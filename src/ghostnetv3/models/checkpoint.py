@@ -125,7 +125,9 @@ def _from_timm(sd: dict, target: dict) -> dict:
         else:
             out[k] = v
     for k, parts in stacked.items():
-        out[k] = torch.stack([parts[i] for i in sorted(parts)])
+        v = torch.stack([parts[i] for i in sorted(parts)])
+        t = target.get(k)
+        out[k] = v.reshape(t.shape) if t is not None and t.numel() == v.numel() else v
     return out
 
 

@@ -76,7 +76,8 @@ class RepConv2d(nn.Module):
                              and self.stride == (1, 1) and centred)
         dd = {"device": device, "dtype": dtype}
         B, cig = num_conv_branches, in_channels // groups
-        self.weight = nn.Parameter(torch.empty(B, out_channels, cig, kh, kw, **dd))
+        # [B·Cout, Cin/groups, kh, kw]: 4-D so channels_last and conv kernels apply directly.
+        self.weight = nn.Parameter(torch.empty(B * out_channels, cig, kh, kw, **dd))
         self._add_bn("bn", (B, out_channels), dd)
         if self.has_scale:
             self.scale_weight = nn.Parameter(torch.empty(out_channels, cig, 1, 1, **dd))
@@ -96,12 +97,17 @@ class RepConv2d(nn.Module):
         return (getattr(self, f"{prefix}_running_mean"), getattr(self, f"{prefix}_running_var"),
                 getattr(self, f"{prefix}_weight"), getattr(self, f"{prefix}_bias"))
 
+    @property
+    def branch_weight(self) -> torch.Tensor:
+        """The conv branches' kernels as [B, Cout, Cin/groups, kh, kw]."""
+        return self.weight.reshape(self.num_conv_branches, self.out_channels, *self.weight.shape[1:])
+
     def bn_prefixes(self) -> list[str]:
         return ["bn"] + (["scale_bn"] if self.has_scale else []) + (["identity_bn"] if self.has_identity else [])
 
     def reset_parameters(self) -> None:
-        for b in range(self.num_conv_branches):  # each branch initialised like an nn.Conv2d
-            nn.init.kaiming_uniform_(self.weight[b], a=math.sqrt(5))
+        for w in self.weight.data.chunk(self.num_conv_branches):  # each branch like an nn.Conv2d
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         if self.has_scale:
             nn.init.kaiming_uniform_(self.scale_weight, a=math.sqrt(5))
         for p in self.bn_prefixes():
@@ -130,7 +136,7 @@ class RepConv2d(nn.Module):
 
     def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The single kernel and bias that equal all branches in eval mode (running statistics)."""
-        kernel, bias = fold_bn(self.weight, *self._bn("bn"), self.eps)
+        kernel, bias = fold_bn(self.branch_weight, *self._bn("bn"), self.eps)
         kernel, bias = kernel.sum(0), bias.sum(0)
         if self.has_scale:
             k, b = fold_bn(self.scale_weight, *self._bn("scale_bn"), self.eps)
@@ -173,7 +179,7 @@ class RepConv2d(nn.Module):
         mom = self._momentum() if use_batch else 0.0
         out = 0
         for b in range(self.num_conv_branches):
-            z = F.conv2d(x, self.weight[b], None, self.stride, self.padding, 1, self.groups)
+            z = F.conv2d(x, self.branch_weight[b], None, self.stride, self.padding, 1, self.groups)
             out = out + F.batch_norm(z, self.bn_running_mean[b], self.bn_running_var[b],
                                      self.bn_weight[b], self.bn_bias[b], use_batch, mom, self.eps)
         if self.has_scale:
@@ -215,7 +221,7 @@ class RepConv2d(nn.Module):
     def _forward_stacked_branches(self, x: torch.Tensor, mom: float) -> torch.Tensor:
         """All k×k branches as one conv and one BN call (each branch keeps its own statistics)."""
         B, cout = self.num_conv_branches, self.out_channels
-        w = self.weight.reshape(B * cout, *self.weight.shape[2:])
+        w = self.weight
         if B == 1:
             z = F.conv2d(x, w, None, self.stride, self.padding, 1, self.groups)
         elif self.groups == 1:
@@ -241,7 +247,7 @@ class RepConv2d(nn.Module):
         m = flat.mean(1)
         centred = flat - m[:, None]
         cov = centred @ centred.t() / n
-        W = self.weight.reshape(self.num_conv_branches, self.out_channels, self.in_channels)
+        W = self.branch_weight.flatten(2)                        # [B, Cout, Cin]
         mean = W @ m                                              # [B, Cout]
         var = ((W @ cov) * W).sum(-1)                             # diag(W Σ Wᵀ), [B, Cout]
         self._update_running("bn", slice(None), mean, var, n, mom)
