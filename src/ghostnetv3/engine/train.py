@@ -30,6 +30,8 @@ from . import checkpoint as ckpt_io
 from .config import TrainConfig, from_checkpoint_dict
 
 FORMAT = "ghostnetv3-train/1"
+# keys that say how to run, not what to compute: changing them on resume keeps it exact
+_RUN_KEYS = {"resume", "output", "experiment", "log_interval", "checkpoint_interval", "workers", "device"}
 OUR_MODELS = ("ghostnetv3_", "ghostnetv2_")
 
 
@@ -324,6 +326,11 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
             raise ValueError(f"{ckpt_path} was saved from model '{state['model_name']}', not '{cfg.model}'; "
                              f"resume with --model {state['model_name']} or start a new run")
         run_dir = ckpt_path.parent
+        changed = {k: (v, cfg.to_dict().get(k)) for k, v in state["config"].items()
+                   if k not in _RUN_KEYS and cfg.to_dict().get(k, v) != v}
+        if changed and d.main:
+            print("note: resuming with changed recipe keys (the result will differ from an unbroken run): "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), flush=True)
     else:
         run_dir = make_run_dir(cfg) if d.main else Path(cfg.output)
 

@@ -1,0 +1,26 @@
+"""The conventional (big-model) recipe's path: RandAugment through timm, Mixup/CutMix, random erasing."""
+import math
+
+import torch
+
+from engine_helpers import tiny_config
+from ghostnetv3.engine.aa_loader import AALoader
+from ghostnetv3.engine.train import Dist, train
+
+
+def test_conventional_recipe_features_train(tmp_path, tiny_sets):
+    cfg = tiny_config(tmp_path, epochs=1, train_subset=64, val_subset=32, aa="rand-m9-mstd0.5-inc1",
+                      mixup=0.8, cutmix=1.0, reprob=0.25, in_chans=3)
+    s = train(cfg, train_set=tiny_sets[0].subset(torch.arange(64)), val_set=tiny_sets[1].subset(torch.arange(32)))
+    assert s["global_step"] == 2 and math.isfinite(s["train_loss"]) and 0 <= s["val_top1"] <= 100
+
+
+def test_aa_loader_resumes_at_the_same_images(tmp_path, tiny_sets):
+    cfg = tiny_config(tmp_path, aa="rand-m9-mstd0.5", batch_size=16)
+    ld = AALoader(cfg, tiny_sets[0].subset(torch.arange(64)), 1, Dist(), torch.device("cpu"))
+    ld.set_epoch(2)
+    full = [b.indices for b in ld.iter_from(0)]
+    assert len(full) == len(ld) == 4
+    assert [b.indices.tolist() for b in ld.iter_from(2)] == [i.tolist() for i in full[2:]]
+    ld.set_epoch(3)
+    assert next(ld.iter_from(0)).indices.tolist() != full[0].tolist()  # reshuffled per epoch
