@@ -126,7 +126,7 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
             for name, sess in sessions.items():
                 inp = sess.get_inputs()[0].name
                 fns[name] = (lambda s=sess, i=inp: s.run(None, {i: xn}))
-            log(f"timing batch {b}: {', '.join(fns)} ({repeats} interleaved rounds, {threads} threads)")
+            log(f"timing batch {b}: {', '.join(fns)} ({repeats} interleaved rounds, threads: {threads})")
             times = time_interleaved(fns, repeats, warmup)
             for name, t in times.items():
                 result["latency"].append({"backend": name, "batch_size": b, **summarize(t, b)})
@@ -147,7 +147,7 @@ def _fmt_count(n: Optional[int], unit: str) -> str:
 
 def format_table(r: dict[str, Any]) -> str:
     lines = [f"{r['model']} ({r['weights']}) at {'x'.join(map(str, r['input_size']))}, "
-             f"{r['machine']['threads']} threads",
+             f"threads: {r['machine']['threads']}",
              f"params: train form {_fmt_count(r['params']['train_form'], '')}, fused "
              f"{_fmt_count(r['params']['fused'], '')}; MACs: train form "
              f"{_fmt_count(r['macs']['train_form'], '')}, fused {_fmt_count(r['macs']['fused'], '')}"]
