@@ -43,5 +43,5 @@ def test_raw_weights_when_the_run_chose_them(run_dir, tmp_path):
     torch.save(ckpt, tmp_path / "best.pt")
     (tmp_path / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     model, cfg = load_for_deploy(tmp_path)
-    assert cfg["weights"] == "model"
+    assert cfg["weights"] == "raw"
     assert torch.equal(model.classifier.bias, ckpt["state_dict"]["classifier.bias"])

@@ -44,14 +44,14 @@ def _clean(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict, which one: 'ema' | 'model' | 'plain') from a checkpoint file."""
+    """(state dict, which one: 'ema' | 'raw' | 'plain') from a checkpoint file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a dict of tensors or of state dicts, got {type(ckpt).__name__}")
-    for kind, keys in (("ema", _EMA_KEYS if use_ema else ()), ("model", _RAW_KEYS)):
+    for kind, keys in (("ema", _EMA_KEYS if use_ema else ()), ("raw", _RAW_KEYS)):
         for key in keys:
             if isinstance(ckpt.get(key), dict) and ckpt[key]:
                 return _clean(ckpt[key]), kind
@@ -150,7 +150,7 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
     Weights: EMA when the checkpoint has them, unless it records `best_source: raw` (the run
     found its raw weights better on validation). A run directory means best.pt, else last.pt.
 
-    The config dict always has model, num_classes, in_chans, img_size, weights ('ema' | 'model' |
+    The config dict always has model, num_classes, in_chans, img_size, weights ('ema' | 'raw' |
     'plain' | 'random'), source; and, when known, data, mean, std and the architecture keys.
     Explicit keyword arguments override what the run recorded.
     """
