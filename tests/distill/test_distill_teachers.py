@@ -141,3 +141,19 @@ def test_run_directory_without_best_is_explained(tmp_path):
     (tmp_path / "r").mkdir()
     with pytest.raises(FileNotFoundError, match="has no best.pt"):
         create_teacher(tmp_path / "r")
+
+
+@needs_lite0
+def test_export_teacher_writes_weights_the_engine_can_fine_tune(tmp_path):
+    import timm
+
+    from ghostnetv3.cli import main
+    from ghostnetv3.models import load_checkpoint
+
+    out = tmp_path / "lite0.safetensors"
+    assert main(["export-teacher", "efficientnet_lite0", "-o", str(out)]) == 0
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=10)   # what train --reset-head builds
+    load_checkpoint(model, str(out), reset_head=True)
+    ref = T.wheel_state_dict("efficientnet_lite0")
+    torch.testing.assert_close(model.conv_stem.weight, ref["conv_stem.weight"])
+    assert model.classifier.out_features == 10

@@ -195,11 +195,14 @@ def create_teacher(name_or_path: str, num_classes: Optional[int] = None, checkpo
     model: nn.Module = info.pop("model")
     tcls = _num_classes(model)
     if num_classes is not None and tcls != num_classes:
+        arch = info.get("arch", info["name"])
+        init = "<weights>"
+        if info["name"] in WHEEL_TEACHERS:
+            init = f"{info['name']}.safetensors (from: ghostnetv3 export-teacher {info['name']} -o {info['name']}.safetensors)"
         raise ValueError(
             f"teacher {info['name']} predicts {tcls} classes but the student has {num_classes}; a teacher "
-            f"must be trained on the student's classes. Fine-tune it first, e.g. ghostnetv3 train --model "
-            f"{info.get('arch', info['name'])} --init-checkpoint <weights> --reset-head --data <data>, "
-            f"then pass that run directory as --teacher")
+            f"must be trained on the student's classes. Fine-tune it first: ghostnetv3 train --model {arch} "
+            f"--init-checkpoint {init} --reset-head --data <data>, then pass that run directory as --teacher")
     weights = weights_hash(model)
     model.eval()
     if _has_branches(model):  # eval-mode fusion gives the same outputs, several times faster
