@@ -92,6 +92,7 @@ def main() -> int:
     t0 = time.perf_counter()
     cache = build_cache(teacher, train_set, augment, args.views, cache_path, batch_size=256, progress=False)
     build_s = time.perf_counter() - t0
+    print(f"cache built in {build_s:.1f}s", file=sys.stderr, flush=True)
     cache = TeacherCache(cache_path)
 
     loss_kw = dict(kind=cfg.kd_loss, temperature=cfg.kd_temperature, kd_weight=cfg.kd_weight,
@@ -130,6 +131,7 @@ def main() -> int:
     for r in range(args.repeats):
         for mode in (("none", "online", "cached") if r % 2 == 0 else ("cached", "online", "none")):
             times[mode].append(epoch(mode, r))
+            print(f"repeat {r}: {mode} epoch {times[mode][-1]:.1f}s", file=sys.stderr, flush=True)
     med = {m: statistics.median(v) for m, v in times.items()}
     steps = len(runs["none"][2])
     print(json.dumps({
