@@ -1,14 +1,11 @@
 """ghostnetv3: train compact CNNs the GhostNetV3 way, ship them fused, verified and fast."""
 from .models import create_model, list_models, load_checkpoint
-from .rep import RepConv2d, reparameterize, verify_fusion
+from .rep import RepConv2d, reparameterize, repify, verify_fusion
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # later layers are imported on first use, keeping `import ghostnetv3` light
-    if name == "repify":
-        from .rep.repify import repify
-        return repify
     if name == "create_teacher":
         from .distill import create_teacher
         return create_teacher

@@ -13,17 +13,21 @@ __all__ = ["reparameterize", "verify_fusion", "has_branches"]
 
 
 def _fuse_children(module: nn.Module) -> None:
-    for name, child in module.named_children():
+    for name, child in list(module.named_children()):
         if isinstance(child, RepConv2d):
-            setattr(module, name, child.fuse())
+            origin = getattr(child, "repify_origin", None)
+            if origin is None:
+                setattr(module, name, child.fuse())
+            else:  # a repified site goes back to its original conv + BN layout
+                from .repify import restore_layout
+                conv, bn = restore_layout(child)
+                setattr(module, name, conv)
+                setattr(module, origin["bn_name"], bn)
             continue
         fuse_fn = getattr(child, "reparameterize", None) or getattr(child, "switch_to_deploy", None)
         if callable(fuse_fn):  # timm/MobileOne-style modules fuse themselves
             fuse_fn()
         _fuse_children(child)
-        restore = getattr(child, "_ghostnetv3_restore", None)
-        if callable(restore):  # a repified site returning to its original layout
-            setattr(module, name, restore())
 
 
 def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
