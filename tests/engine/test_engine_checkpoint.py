@@ -20,7 +20,8 @@ def test_atomic_save_survives_disk_full(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_io, "_write", full_disk)
-    with pytest.raises(RuntimeError, match=r"could not save checkpoint .*last.pt \(disk full\); the previous last.pt is intact"):
+    msg = r"could not save checkpoint .*last.pt \(disk full\); the previous last.pt is intact"
+    with pytest.raises(RuntimeError, match=msg):
         ckpt_io.atomic_save({"w": torch.zeros(4), "step": 2}, path)
     old = load(path)
     assert old["step"] == 1 and torch.equal(old["w"], torch.arange(4.0))

@@ -16,7 +16,8 @@ def ghost_run(tmp_path_factory):
     from ghostnetv3.engine.train import subset
 
     out = tmp_path_factory.mktemp("ghost")
-    cfg = tiny_config(out, model="ghostnetv3_050", width=0.1, stem_stride=2, img_size=32, padding=4, epochs=2, train_subset=32,
+    cfg = tiny_config(out, model="ghostnetv3_050", width=0.1, stem_stride=2, img_size=32, padding=4, epochs=2,
+                      train_subset=32,
                       val_subset=64, batch_size=16, model_ema_decay=0.5, drop_rate=0.0, log_interval=1)
     val = subset(load_dataset("fashion-mnist", "val", image_size=32), 64, cfg.seed + 1)
     summary = train(cfg, train_set=subset(load_dataset("fashion-mnist", "train", image_size=32), 32, cfg.seed),
@@ -32,7 +33,8 @@ def test_eval_reports_raw_ema_and_fused(ghost_run):
     # eval of the saved weights reproduces what training logged for that epoch
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
               if '"type": "epoch"' in line][best["epoch"] - 1]
-    assert r["raw"]["top1"] == pytest.approx(logged["val_top1"]) and r["ema"]["top1"] == pytest.approx(logged["ema_top1"])
+    assert r["raw"]["top1"] == pytest.approx(logged["val_top1"])
+    assert r["ema"]["top1"] == pytest.approx(logged["ema_top1"])
     assert r["ema"]["loss"] == pytest.approx(logged["ema_loss"], rel=1e-5)
     # the fused model is a different network (fewer convs) computing the same function
     assert r["fusion_max_diff"] < 1e-3

@@ -25,7 +25,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_size: Optional[int] = None,
                         val_subset: Optional[int] = None, device: Optional[str] = None,
                         val_set=None) -> dict[str, Any]:
-    """{'checkpoint', 'data', 'n', 'raw': {...}, 'ema': {...} | None, 'fused': {...}, 'fused_from', 'fusion_max_diff'}"""
+    """Returns {checkpoint, model, data, n, raw, ema (None without EMA), fused, fused_from, fusion_max_diff};
+    raw/ema/fused are {top1, top5, loss, n}."""
     ckpt_path = resolve_checkpoint(path)
     state = ckpt_io.load(ckpt_path)
     if "config" not in state or "state_dict" not in state:

@@ -219,7 +219,7 @@ def trim_metrics(path: Path, epoch: int, step: int) -> None:
             continue  # a line cut short by a kill
         if rec.get("type") == "epoch" and rec["epoch"] > epoch:
             continue
-        if rec.get("type") == "step" and (rec["epoch"] > epoch + 1 or (rec["epoch"] == epoch + 1 and rec["step"] > step)):
+        if rec.get("type") == "step" and (rec["epoch"], rec["step"]) > (epoch + 1, step):
             continue
         keep.append(line)
     tmp = path.with_suffix(".tmp")
