@@ -55,7 +55,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output", "-o", default=None, metavar="FILE",
                    help="INT8 file (default: RUN_DIR/deploy/model_int8.onnx or MODEL.int8.onnx)")
     _input_size(p)
-    p.add_argument("--calib-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy"), default="percentile",
+                   help="activation range: 99.999th percentile (default), min/max, or entropy")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="one weight scale per output channel (default on)")
     p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
