@@ -32,6 +32,7 @@ def test_onnx_round_trip_dynamic_batch(fused, tmp_path):
     assert meta["input_shape"] == [None, 3, IMG, IMG]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load: deprecated, still asked for
 def test_torchscript_round_trip(fused, tmp_path):
     report = export_model(fused, tmp_path / "m.pt", "torchscript", SIZE, cfg={"model": MODEL})
     assert report["max_diff"] < 1e-4
