@@ -30,12 +30,13 @@ def test_eval_reports_raw_ema_and_fused(ghost_run):
     r = evaluate_checkpoint(run_dir, val_set=val)
     assert r["checkpoint"].endswith("best.pt") and r["n"] == 64 and r["fused_from"] == "ema"
     best = load(run_dir / "best.pt")
-    # eval of the saved weights reproduces what training logged for that epoch
+    # eval of the saved weights (train form) reproduces what training logged (fused copies) for that epoch
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
               if '"type": "epoch"' in line][best["epoch"] - 1]
-    assert r["raw"]["top1"] == pytest.approx(logged["val_top1"])
-    assert r["ema"]["top1"] == pytest.approx(logged["ema_top1"])
-    assert r["ema"]["loss"] == pytest.approx(logged["ema_loss"], rel=1e-5)
+    assert abs(r["raw"]["top1"] - logged["val_top1"]) <= 100 / 64 + 1e-9
+    assert abs(r["ema"]["top1"] - logged["ema_top1"]) <= 100 / 64 + 1e-9
+    assert r["ema"]["loss"] == pytest.approx(logged["ema_loss"], abs=1e-4)
+    assert r["fused"]["loss"] == pytest.approx(logged["ema_loss"], abs=1e-6)  # both are the fused EMA
     # the fused model is a different network (fewer convs) computing the same function
     assert r["fusion_max_diff"] < 1e-3
     assert r["fused"]["loss"] == pytest.approx(r["ema"]["loss"], abs=1e-4)
