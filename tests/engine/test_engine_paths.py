@@ -1,6 +1,7 @@
 """The conventional (big-model) recipe's path: RandAugment through timm, Mixup/CutMix, random erasing."""
 import math
 
+import pytest
 import torch
 
 from engine_helpers import tiny_config
@@ -24,3 +25,16 @@ def test_aa_loader_resumes_at_the_same_images(tmp_path, tiny_sets):
     assert [b.indices.tolist() for b in ld.iter_from(2)] == [i.tolist() for i in full[2:]]
     ld.set_epoch(3)
     assert next(ld.iter_from(0)).indices.tolist() != full[0].tolist()  # reshuffled per epoch
+
+
+def test_bf16_channels_last_clip_grad_on_cpu(tmp_path, tiny_sets):
+    cfg = tiny_config(tmp_path, epochs=1, amp="bf16", channels_last=True, clip_grad=1.0)
+    s = train(cfg, train_set=tiny_sets[0].subset(torch.arange(64)), val_set=tiny_sets[1].subset(torch.arange(32)))
+    assert s["global_step"] == 2 and math.isfinite(s["train_loss"])
+
+
+def test_fp16_needs_cuda(tmp_path, tiny_sets):
+    if torch.cuda.is_available():
+        return  # the CUDA path is the supported one there
+    with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
+        train(tiny_config(tmp_path, epochs=1, amp="fp16"), train_set=tiny_sets[0], val_set=tiny_sets[1])
