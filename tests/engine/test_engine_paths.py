@@ -38,3 +38,12 @@ def test_fp16_needs_cuda(tmp_path, tiny_sets):
         return  # the CUDA path is the supported one there
     with pytest.raises(ValueError, match="--amp fp16 needs a CUDA device"):
         train(tiny_config(tmp_path, epochs=1, amp="fp16"), train_set=tiny_sets[0], val_set=tiny_sets[1])
+
+
+def test_distillation_from_a_run_directory_logs_loss_parts(tmp_path, tiny_sets):
+    tr, va = tiny_sets[0].subset(torch.arange(64)), tiny_sets[1].subset(torch.arange(32))
+    teacher = train(tiny_config(tmp_path / "t", epochs=1), train_set=tr, val_set=va)["run_dir"]
+    s = train(tiny_config(tmp_path / "s", epochs=1, teacher=teacher, kd_loss="kl", kd_temperature=2.0),
+              train_set=tr, val_set=va)
+    parts = {k for k in s if k.startswith("train_")} - {"train_loss", "train_img_s"}
+    assert parts and all(math.isfinite(s[k]) for k in parts), s

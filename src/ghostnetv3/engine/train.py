@@ -402,6 +402,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
     start_epoch, start_step, global_step = 0, 0, 0
     best = {"top1": -1.0, "epoch": 0, "source": None}
     loss_sum, loss_count, elapsed = 0.0, 0, 0.0
+    parts_sum: dict[str, float] = {}  # KD loss parts (rank 0's), summed over the epoch
     if state is not None:
         try:
             model.load_state_dict(state["state_dict"])
@@ -420,6 +421,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
         scheduler.step_update(num_updates=global_step)
         best = {"top1": state["best_top1"], "epoch": state["best_epoch"], "source": state["best_source"]}
         loss_sum, loss_count, elapsed = state["epoch_loss_sum"], state["epoch_loss_count"], state["elapsed"]
+        parts_sum = dict(state.get("epoch_parts_sum") or {})
         rngs = state["rng"]
         if len(rngs) == d.world_size:
             ckpt_io.set_rng_state(rngs[d.rank])
@@ -462,7 +464,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": rngs,
             "epoch": epoch, "step": step, "global_step": global_step,
-            "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count,
+            "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count, "epoch_parts_sum": parts_sum,
             "best_top1": best["top1"], "best_epoch": best["epoch"], "best_source": best["source"],
             "elapsed": elapsed + (time.perf_counter() - t_start),
             "num_classes": num_classes, "in_chans": in_chans, "classes": list(map(str, train_set.classes)),
@@ -478,7 +480,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                 model.train()
                 first = start_step if epoch == start_epoch else 0
                 if first == 0:
-                    loss_sum, loss_count = 0.0, 0
+                    loss_sum, loss_count, parts_sum = 0.0, 0, {}
                 bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                            disable=not d.main, mininterval=1.0, dynamic_ncols=True, leave=False)
                 t_epoch, seen = time.perf_counter(), 0
@@ -491,7 +493,9 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                         logits = model(x)
                         loss = criterion(logits, target)
                         if distiller is not None:
-                            loss, _parts = distiller(logits, batch, loss)
+                            loss, parts = distiller(logits, batch, loss)
+                            for k, v in parts.items():
+                                parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
                     # one collective per step: any rank's bad loss or signal stops all ranks together,
                     # and the logged loss is the mean over ranks
                     flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
@@ -546,6 +550,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                 # -- evaluate on rank 0 over the whole validation set (exact, no padding)
                 rec: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "global_step": global_step,
                                        "train_loss": loss_sum / max(loss_count, 1),
+                                       **{f"train_{k}": v / max(loss_count, 1) for k, v in parts_sum.items()},
                                        "lr": optimizer.param_groups[0]["lr"],
                                        "train_img_s": seen / max(epoch_time, 1e-9)}
                 if d.main:
@@ -569,7 +574,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                           f"{rec['train_img_s']:.0f} img/s  {epoch_time:.0f}s", flush=True)
                     summary = rec
                 model.train()
-                loss_sum, loss_count = 0.0, 0
+                loss_sum, loss_count, parts_sum = 0.0, 0, {}
                 save(ckpt_io.LAST, epoch + 1, 0)
                 if d.main and summary.get("best_epoch") == epoch + 1:
                     ckpt_io.atomic_save({
