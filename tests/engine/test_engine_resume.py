@@ -91,3 +91,12 @@ def test_resume_without_checkpoint(tmp_path):
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no checkpoint in" in lines[0] and "without --resume" in lines[0]
+
+
+def test_new_run_into_an_existing_run_dir_is_refused(tmp_path):
+    from ghostnetv3.engine.train import make_run_dir
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"already holds a run; continue it with --resume"):
+        make_run_dir(tiny_config(tmp_path))

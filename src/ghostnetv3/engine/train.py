@@ -208,7 +208,7 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     if cfg.experiment:
         run_dir = Path(cfg.output) / cfg.experiment
         if (run_dir / ckpt_io.LAST).exists():
-            raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+            raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                                   f"or pick another --experiment")
     else:
         data_name = Path(cfg.data.rstrip("/")).name or cfg.data
