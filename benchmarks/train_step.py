@@ -6,6 +6,8 @@ Prints JSON. Interleaves the models, repeats, and reports medians (the machine i
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import json
 import platform
 import statistics
@@ -26,6 +28,8 @@ def build(name: str, channels_last: bool):
         for mod in m.modules():
             if isinstance(mod, ghostnetv3.RepConv2d):
                 mod.exact_fast_path = False
+    elif name == "ours_train_linear":  # opt-in non-exact OREPA-style branches (not the paper's)
+        m = ghostnetv3.create_model("ghostnetv3_100", linear_branches=True)
     elif name == "ours_fused":  # the deploy architecture trained as a plain network
         m = reparameterize(ghostnetv3.create_model("ghostnetv3_100").eval())
     elif name == "timm_train":
@@ -61,6 +65,7 @@ def main():
     ap.add_argument("--models", default="ours_train,ours_fused,timm_train")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     torch.manual_seed(0)
     names = args.models.split(",")
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
@@ -82,6 +87,8 @@ def main():
         "threads": args.threads, "channels_last": args.channels_last, "steps": args.steps,
         "repeats": args.repeats, "torch": torch.__version__, "timm": timm.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''} cpus={torch.get_num_threads()}",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "img_per_s_median": {n: round(v, 2) for n, v in ips.items()},
         "step_s_all": {n: [round(v, 4) for v in t] for n, t in times.items()},
     }

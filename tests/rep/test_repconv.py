@@ -132,3 +132,23 @@ def test_verify_fusion_detects_a_wrong_fusion():
     with torch.no_grad():
         bad.bias.add_(0.1)
     assert verify_fusion(m, bad, torch.randn(2, 4, 8, 8)) >= 0.09
+
+
+@pytest.mark.parametrize("case", [(8, 8, 3, 1, 8, 3, True, True), (8, 12, 1, 1, 1, 3, True, True),
+                                  (8, 8, 5, 2, 8, 2, True, True)], ids=lambda c: "-".join(map(str, c)))
+def test_linear_branches_opt_in(case):
+    """The non-exact OREPA-style knob: train forward = its plain math; fuses exactly."""
+    cin, cout, k, s, g, B, sc, idb = case
+    m = _randomize(RepConv2d(cin, cout, k, s, groups=g, num_conv_branches=B, scale_branch=sc,
+                             identity_branch=idb, linear_branches=True).double())
+    ref = copy.deepcopy(m)
+    ref.exact_fast_path = False
+    x = torch.randn(4, cin, 9, 7, dtype=torch.double)
+    y1, y2 = m.train()(x), ref.train()(x)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    y1.sum().backward()
+    assert m.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(m.post_bn_running_mean, ref.post_bn_running_mean)
+    m.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m.fuse().double()(x), ref(x), rtol=1e-10, atol=1e-10)

@@ -55,10 +55,12 @@ class BranchConfig:
     num_conv_branches: int = 3
     scale_branch: bool = True
     identity_branch: bool = True
+    linear_branches: bool = False
 
     def conv(self, cin, cout, k, stride=1, groups=1, **kw) -> RepConv2d:
         return RepConv2d(cin, cout, k, stride, groups=groups, num_conv_branches=self.num_conv_branches,
-                         scale_branch=self.scale_branch, identity_branch=self.identity_branch, **kw)
+                         scale_branch=self.scale_branch, identity_branch=self.identity_branch,
+                         linear_branches=self.linear_branches, **kw)
 
 
 class ConvBnAct(nn.Module):
@@ -165,14 +167,14 @@ class GhostNet(nn.Module):
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
                  num_conv_branches: int = 3, scale_branch: bool = True, identity_branch: bool = True,
-                 drop_rate: float = 0.2, stem_stride: int = 2, cfgs=None, features_only: bool = False,
+                 linear_branches: bool = False, drop_rate: float = 0.2, stem_stride: int = 2, cfgs=None, features_only: bool = False,
                  out_indices: Sequence[int] = (1, 2, 3, 4)):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-        branches = BranchConfig(num_conv_branches, scale_branch, identity_branch)
+        branches = BranchConfig(num_conv_branches, scale_branch, identity_branch, linear_branches)
         self.num_classes, self.in_chans, self.width = num_classes, in_chans, width
         self.drop_rate = drop_rate
         self.branch_config = branches

@@ -49,12 +49,16 @@ class RepConv2d(nn.Module):
         exact_fast_path: use the exact merged training forward and the folded eval forward
             (default); False runs every branch as its own conv+BN (the plain per-branch math, which
             `verify_fusion` and the tests compare against).
+        linear_branches: opt-in, NOT the paper's semantics (OREPA-style): during training the
+            branches are linear (their BNs use fixed statistics, i.e. act as per-channel scales)
+            and one BatchNorm with batch statistics follows their sum, so a training step costs
+            about one conv+BN.  Still fuses exactly into one conv.  Default False.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None,
                  groups: int = 1, num_conv_branches: int = 3, scale_branch: bool = True,
                  identity_branch: bool = True, eps: float = 1e-5, momentum: float | None = 0.1,
-                 exact_fast_path: bool = True, device=None, dtype=None):
+                 exact_fast_path: bool = True, linear_branches: bool = False, device=None, dtype=None):
         super().__init__()
         if num_conv_branches < 1:
             raise ValueError(f"num_conv_branches must be >= 1, got {num_conv_branches}")
@@ -84,6 +88,9 @@ class RepConv2d(nn.Module):
             self._add_bn("scale_bn", (out_channels,), dd)
         if self.has_identity:
             self._add_bn("identity_bn", (out_channels,), dd)
+        self.linear_branches = bool(linear_branches)
+        if self.linear_branches:
+            self._add_bn("post_bn", (out_channels,), dd)
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.reset_parameters()
 
@@ -103,7 +110,8 @@ class RepConv2d(nn.Module):
         return self.weight.reshape(self.num_conv_branches, self.out_channels, *self.weight.shape[1:])
 
     def bn_prefixes(self) -> list[str]:
-        return ["bn"] + (["scale_bn"] if self.has_scale else []) + (["identity_bn"] if self.has_identity else [])
+        return (["bn"] + (["scale_bn"] if self.has_scale else []) + (["identity_bn"] if self.has_identity else [])
+                + (["post_bn"] if self.linear_branches else []))
 
     def reset_parameters(self) -> None:
         for w in self.weight.data.chunk(self.num_conv_branches):  # each branch like an nn.Conv2d
@@ -119,7 +127,7 @@ class RepConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
                 f"num_conv_branches={self.num_conv_branches}, scale_branch={self.has_scale}, "
-                f"identity_branch={self.has_identity}")
+                f"identity_branch={self.has_identity}" + (", linear_branches=True" if self.linear_branches else ""))
 
     # ------------------------------------------------------------------ fusion (eval semantics)
     def _identity_kernel(self, like: torch.Tensor) -> torch.Tensor:
@@ -136,6 +144,13 @@ class RepConv2d(nn.Module):
 
     def get_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The single kernel and bias that equal all branches in eval mode (running statistics)."""
+        kernel, bias = self._branch_kernel_bias()
+        if self.linear_branches:  # BN(K⊛x + b) = fold of K with mean μ − b
+            mean, var, gamma, beta = self._bn("post_bn")
+            kernel, bias = fold_bn(kernel, mean - bias, var, gamma, beta, self.eps)
+        return kernel, bias
+
+    def _branch_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
         kernel, bias = fold_bn(self.branch_weight, *self._bn("bn"), self.eps)
         kernel, bias = kernel.sum(0), bias.sum(0)
         if self.has_scale:
@@ -164,6 +179,10 @@ class RepConv2d(nn.Module):
         if not self.training:  # eval = the fused conv, computed on the fly
             kernel, bias = self.get_kernel_bias()
             return F.conv2d(x, kernel, bias, self.stride, self.padding, 1, self.groups)
+        if self.linear_branches:
+            kernel, bias = self._branch_kernel_bias()
+            z = F.conv2d(x, kernel, bias, self.stride, self.padding, 1, self.groups)
+            return F.batch_norm(z, *self._bn("post_bn"), True, self._momentum(), self.eps)
         return self._forward_train(x)
 
     def _momentum(self) -> float:
@@ -175,6 +194,8 @@ class RepConv2d(nn.Module):
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Every branch as its own conv + BatchNorm: the plain math the fast paths must equal."""
+        if self.linear_branches:
+            return self._reference_linear(x)
         use_batch = self.training
         mom = self._momentum() if use_batch else 0.0
         out = 0
@@ -189,6 +210,22 @@ class RepConv2d(nn.Module):
         if self.has_identity:
             out = out + F.batch_norm(x, *self._bn("identity_bn"), use_batch, mom, self.eps)
         return out
+
+    def _reference_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Linear-branches mode as plain math: branches with fixed-statistics BNs, summed, one BN."""
+        use_batch = self.training
+        mom = self._momentum() if use_batch else 0.0
+        out = 0
+        for b in range(self.num_conv_branches):
+            z = F.conv2d(x, self.branch_weight[b], None, self.stride, self.padding, 1, self.groups)
+            out = out + F.batch_norm(z, self.bn_running_mean[b], self.bn_running_var[b],
+                                     self.bn_weight[b], self.bn_bias[b], False, 0.0, self.eps)
+        if self.has_scale:
+            z = F.conv2d(x, self.scale_weight, None, self.stride, 0, 1, self.groups)
+            out = out + F.batch_norm(z, *self._bn("scale_bn"), False, 0.0, self.eps)
+        if self.has_identity:
+            out = out + F.batch_norm(x, *self._bn("identity_bn"), False, 0.0, self.eps)
+        return F.batch_norm(out, *self._bn("post_bn"), use_batch, mom, self.eps)
 
     def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
         mom = self._momentum()
