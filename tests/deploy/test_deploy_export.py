@@ -86,3 +86,13 @@ def test_zero_tolerance_on_a_perturbed_export(fused, tmp_path, monkeypatch):
     with pytest.raises(ExportMismatchError) as e:
         export_model(fused, tmp_path / "m.onnx", "onnx", SIZE, tolerance=0.0)
     assert e.value.max_diff > 0
+
+
+def test_cli_export_model_name_one_channel_32px(tmp_path, capsys):
+    # 32 px with the stride-2 stem puts 1-pixel maps in front of the DFC attention: the legacy
+    # exporter must still see constant pooling windows.
+    out = tmp_path / "g.onnx"
+    rc = main(["export", "ghostnetv3_050", "--format", "onnx", "-o", str(out), "--input-size", "1", "32", "32",
+               "--num-classes", "10"])
+    assert rc == 0 and out.exists()
+    assert "max |onnx - pytorch|" in capsys.readouterr().out

@@ -86,7 +86,8 @@ def add_parser(subparsers) -> None:
 def run_export(args) -> int:
     from ghostnetv3.deploy.export import ExportMismatchError, export_model
     from ghostnetv3.deploy.load import load_for_deploy
-    model, cfg = load_for_deploy(args.source, model=args.model, num_classes=args.num_classes)
+    model, cfg = load_for_deploy(args.source, model=args.model, num_classes=args.num_classes,
+                                 in_chans=args.input_size[0] if args.input_size else None)
     size = args.input_size or (cfg["in_chans"], cfg["img_size"], cfg["img_size"])
     if args.input_size:
         cfg["in_chans"], cfg["img_size"] = size[0], size[1]

@@ -90,7 +90,7 @@ class DFCAttention(nn.Module):
     def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         # The reference pools 2×2 unconditionally and breaks on 1-pixel maps; a window that fits
         # gives the same result wherever the reference works.
-        kernel = (min(2, x.shape[-2]), min(2, x.shape[-1]))
+        kernel = (min(2, int(x.shape[-2])), min(2, int(x.shape[-1])))  # ints: ONNX export needs constants
         gate = torch.sigmoid(self.short_conv(F.avg_pool2d(x, kernel, kernel)))
         return F.interpolate(gate, size=tuple(size), mode="nearest")
 
