@@ -75,6 +75,7 @@ class TrainConfig:
     clip_grad: Optional[float] = None    # max gradient norm
     model_ema: bool = True
     model_ema_decay: float = 0.9998
+    model_ema_warmup: bool = False       # ramp the decay up from 0 (timm ModelEmaV3 use_warmup): short runs
 
     # --- knowledge distillation (ghostnetv3.distill) ---
     teacher: Optional[str] = None

@@ -387,7 +387,9 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                                        warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
                                        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if (cfg.model_ema and d.main) else None
+    ema = None
+    if cfg.model_ema and d.main:  # rank 0 keeps the EMA, updated from the unwrapped module
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
 
     mixup_fn = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -415,7 +417,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
             if state.get("state_dict_ema") is not None:
                 ema.module.load_state_dict(state["state_dict_ema"])
             else:
-                ema = ModelEmaV3(model, decay=cfg.model_ema_decay)
+                ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         # the schedule is rebuilt from the config (so --epochs can extend a run) and set to the saved step
         scheduler.step_update(num_updates=global_step)
