@@ -139,6 +139,8 @@ def main() -> int:
             print(f"repeat {r}: {mode} epoch {w:.1f}s wall, {c:.1f}s cpu", file=sys.stderr, flush=True)
     med = {m: statistics.median(v) for m, v in times.items()}
     med_cpu = {m: statistics.median(v) for m, v in cpu.items()}
+    # other jobs only ever add time: the fastest epoch of each mode is the least disturbed one
+    best = {m: min(v) for m, v in times.items()}
     steps = len(runs["none"][2])
     print(json.dumps({
         "benchmark": "kd epoch time: no KD vs online KD vs cached KD",
@@ -155,11 +157,14 @@ def main() -> int:
         "epoch_s": {m: [round(x, 3) for x in v] for m, v in times.items()},
         "epoch_s_median": {m: round(v, 3) for m, v in med.items()},
         "ratio_vs_no_kd": {m: round(v / med["none"], 3) for m, v in med.items()},
+        "epoch_s_min": {m: round(v, 3) for m, v in best.items()},
+        "min_ratio_vs_no_kd": {m: round(v / best["none"], 3) for m, v in best.items()},
         "epoch_cpu_s": {m: [round(x, 3) for x in v] for m, v in cpu.items()},
         "epoch_cpu_s_median": {m: round(v, 3) for m, v in med_cpu.items()},
         "cpu_ratio_vs_no_kd": {m: round(v / med_cpu["none"], 3) for m, v in med_cpu.items()},
-        "target_cached_le_1.15x": {"wall": med["cached"] / med["none"] <= 1.15,
-                                   "cpu": med_cpu["cached"] / med_cpu["none"] <= 1.15},
+        "target_cached_le_1.15x": {"wall_median": med["cached"] / med["none"] <= 1.15,
+                                   "wall_min": best["cached"] / best["none"] <= 1.15,
+                                   "cpu_median": med_cpu["cached"] / med_cpu["none"] <= 1.15},
         "cache": {"build_s": round(build_s, 2), "images_x_views": len(train_set) * args.views,
                   "build_img_s": round(len(train_set) * args.views / build_s, 1),
                   "bytes_on_disk": size_on_disk(cache_path), "store": cache.store,
