@@ -11,31 +11,13 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..rep import reparameterize, verify_fusion
+
 __all__ = ["to_deploy_form", "num_params"]
 
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _reparameterize(model: nn.Module) -> nn.Module:
-    try:
-        from ghostnetv3.rep import reparameterize
-    except ImportError:  # rep/ not built yet: timm's walker asks each module to fuse itself
-        from timm.utils import reparameterize_model
-        return reparameterize_model(model, inplace=False)
-    return reparameterize(model, inplace=False)
-
-
-def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    try:
-        from ghostnetv3.rep import verify_fusion
-    except ImportError:
-        verify_fusion = None
-    if verify_fusion is not None:
-        return float(verify_fusion(a, b, x))
-    with torch.no_grad():
-        return float((a(x) - b(x)).abs().max())
 
 
 def to_deploy_form(model: nn.Module, sample: Optional[torch.Tensor] = None,
@@ -52,7 +34,7 @@ def to_deploy_form(model: nn.Module, sample: Optional[torch.Tensor] = None,
             "(BatchNorm folds its running statistics)")
     reference = model.eval() if not was_training else _eval_copy(model)
     before = num_params(reference)
-    fused = _reparameterize(reference).eval()
+    fused = reparameterize(reference, inplace=False).eval()
     after = num_params(fused)
     info = {"was_training": was_training, "was_train_form": after < before,
             "params_before": before, "params_after": after, "fusion_max_diff": None}
@@ -60,7 +42,7 @@ def to_deploy_form(model: nn.Module, sample: Optional[torch.Tensor] = None,
         log(f"model was in train form: fused re-parameterization branches "
             f"({before / 1e6:.3f}M -> {after / 1e6:.3f}M params)")
     if sample is not None:
-        info["fusion_max_diff"] = _max_diff(reference, fused, sample)
+        info["fusion_max_diff"] = float(verify_fusion(reference, fused, sample))
         if after < before:
             log(f"fusion check: max |train form - fused| = {info['fusion_max_diff']:.3g}")
     for p in fused.parameters():
