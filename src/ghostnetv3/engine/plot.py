@@ -32,7 +32,8 @@ def plot_run(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
     fig, (ax_loss, ax_lr, ax_acc) = plt.subplots(1, 3, figsize=(15, 4))
 
     if steps:
-        spe = max(r["step"] for r in steps)  # approximate steps per epoch, for an epoch x-axis
+        # steps per epoch, for an epoch x-axis: exact once an epoch has finished
+        spe = epochs[0]["global_step"] / epochs[0]["epoch"] if epochs else max(r["step"] for r in steps)
         ax_loss.plot([r["epoch"] - 1 + r["step"] / spe for r in steps], [r["loss"] for r in steps],
                      lw=0.8, alpha=0.5, label="train (step)")
         ax_lr.plot([r["epoch"] - 1 + r["step"] / spe for r in steps], [r["lr"] for r in steps], label="lr")
