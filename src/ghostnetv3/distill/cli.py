@@ -7,7 +7,6 @@ are the views training replays: build it with the recipe you train with.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import sys
@@ -16,7 +15,6 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    from ghostnetv3.engine import config as C
 
     p = subparsers.add_parser(
         "cache-teacher", help="precompute teacher outputs for K augmented views of every training image",
@@ -35,17 +33,8 @@ def add_parser(subparsers) -> None:
                    help="logits (full, fp16) or topk; auto: logits up to 64 classes (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache that does not match")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for f in dataclasses.fields(C.TrainConfig):
-        if f.name == "output":  # --output names the cache file here
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kwargs = dict(dest=f"key_{f.name}", default=argparse.SUPPRESS, metavar="V",
-                      help=f"(default: {f.default!r})" if f.default is not dataclasses.MISSING else None)
-        if C.is_bool(f.name):
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        elif C.is_sequence(f.name):
-            kwargs.update(nargs="+")
-        p.add_argument(*([flag] + ([f"--{f.name}"] if "_" in f.name else [])), **kwargs)
+    from ghostnetv3.engine.cli import add_config_flags
+    add_config_flags(p, skip=("output",))  # --output names the cache file here
     p.set_defaults(func=_cmd_cache)
 
     e = subparsers.add_parser(

@@ -25,6 +25,21 @@ class _KeyParser(argparse.ArgumentParser):
         return ns, extras
 
 
+def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One --flag per recipe key (dashes or underscores), each defaulting to 'not given'."""
+    for f in dataclasses.fields(C.TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = dict(dest=f"key_{f.name}", default=argparse.SUPPRESS, metavar="V",
+                      help=f"(default: {f.default!r})" if f.default is not dataclasses.MISSING else None)
+        if C.is_bool(f.name):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif C.is_sequence(f.name):
+            kwargs.update(nargs="+")
+        p.add_argument(*([flag] + ([f"--{f.name}"] if "_" in f.name else [])), **kwargs)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model from a YAML recipe with --key value overrides",
@@ -34,16 +49,7 @@ def add_parser(subparsers) -> None:
         allow_abbrev=False)
     p.__class__ = _KeyParser
     p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE", help="YAML recipe")
-    for f in dataclasses.fields(C.TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs = dict(dest=f"key_{f.name}", default=argparse.SUPPRESS, metavar="V",
-                      help=f"(default: {f.default!r})" if f.default is not dataclasses.MISSING else None)
-        if C.is_bool(f.name):
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        elif C.is_sequence(f.name):
-            kwargs.update(nargs="+")
-        flags = [flag] + ([f"--{f.name}"] if "_" in f.name else [])
-        p.add_argument(*flags, **kwargs)
+    add_config_flags(p)
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser("eval", help="top-1/top-5 of a run: raw, EMA and fused EMA weights")

@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import torch
 
+from ghostnetv3.rep import verify_fusion
+
 from . import checkpoint as ckpt_io
 from .config import from_checkpoint_dict
 from .train import _val_loader, build_model, evaluate, reparameterize, subset
@@ -64,8 +66,7 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     fused = reparameterize(src)
     out["fused"] = evaluate(fused, loader, dev)
     x = next(iter(loader)).images[:16]
-    with torch.no_grad():
-        out["fusion_max_diff"] = (src(x) - fused(x)).abs().max().item()
+    out["fusion_max_diff"] = verify_fusion(src, fused, x)  # per-branch math vs the fused convs
     out["n"] = out["raw"]["n"]
     return out
 

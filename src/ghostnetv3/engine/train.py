@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
 import signal
@@ -27,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import TrainConfig, from_checkpoint_dict
+from .config import TrainConfig
 
 FORMAT = "ghostnetv3-train/1"
 # keys that say how to run, not what to compute: changing them on resume keeps it exact
@@ -75,15 +74,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
 
 
 def reparameterize(model: nn.Module) -> nn.Module:
-    """The fused (deploy) copy of a model."""
-    try:
-        from ghostnetv3.rep import reparameterize as fuse
-    except ImportError:
-        from timm.utils.model import reparameterize_model
-
-        def fuse(m, inplace=False):
-            import copy
-            return reparameterize_model(m if inplace else copy.deepcopy(m))
+    """The fused (deploy) copy of a model; the model itself keeps its mode."""
+    from ghostnetv3.rep import reparameterize as fuse
     was_training = model.training
     model.eval()
     fused = fuse(model, inplace=False)
@@ -92,12 +84,9 @@ def reparameterize(model: nn.Module) -> nn.Module:
 
 
 def eval_form(model: nn.Module) -> nn.Module:
-    """The fused copy when the model has re-parameterization branches: it computes the same function
-    (verified by ghostnetv3.rep's tests) ~3x faster, and it is the number a deployment gets."""
-    try:
-        from ghostnetv3.rep import has_branches
-    except ImportError:
-        return model
+    """The fused copy when the model has re-parameterization branches: the same function (tested in
+    tests/rep), and the number a deployment gets."""
+    from ghostnetv3.rep import has_branches
     return reparameterize(model) if has_branches(model) else model
 
 
@@ -361,8 +350,8 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                              "normalises with its own batch statistics")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if cfg.channels_last:  # 4-D tensors only: Module.to(memory_format=...) rejects stacked 5-D branch kernels
-        model._apply(lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed + d.rank)
 
     from ghostnetv3.data import BatchAugment
