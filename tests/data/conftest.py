@@ -28,7 +28,7 @@ def _have_fmnist() -> bool:
 def fmnist_small():
     """The first 512 Fashion-MNIST training images."""
     if not _have_fmnist():
-        pytest.skip("needs `sudo apt-get install dataset-fashion-mnist`")
+        pytest.fail("Fashion-MNIST is missing: run `make data` (or `sudo apt-get install dataset-fashion-mnist`)")
     from ghostnetv3.data import load_dataset
 
     return load_dataset("fashion-mnist", "train").subset(range(512), "fmnist-512")
