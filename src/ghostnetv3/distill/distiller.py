@@ -7,6 +7,8 @@ Two sources of teacher targets, one loss:
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Callable, Optional
 
 import torch
@@ -18,7 +20,7 @@ from .losses import KD_LOSSES, TeacherOutput, kd_loss
 __all__ = ["Distiller", "OnlineDistiller", "CachedDistiller", "build_distiller"]
 
 
-class Distiller:
+class Distiller(abc.ABC):
     """total = ce_weight × CE + kd_weight × KD(student, teacher targets)."""
 
     view_fn: Optional[Callable[[Tensor, int], Tensor]] = None
@@ -32,8 +34,9 @@ class Distiller:
         self.kind, self.temperature = kind, float(temperature)
         self.kd_weight, self.ce_weight, self.smoothing = float(kd_weight), float(ce_weight), float(smoothing)
 
+    @abc.abstractmethod
     def teacher_output(self, batch) -> TeacherOutput:
-        raise NotImplementedError
+        """The teacher's targets for this batch (online forward or cached lookup)."""
 
     def __call__(self, student_logits: Tensor, batch, ce_loss: Optional[Tensor] = None
                  ) -> tuple[Tensor, dict[str, Tensor]]:

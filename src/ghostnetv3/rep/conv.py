@@ -194,10 +194,14 @@ class RepConv2d(nn.Module):
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """Every branch as its own conv + BatchNorm: the plain math the fast paths must equal."""
-        if self.linear_branches:
-            return self._reference_linear(x)
         use_batch = self.training
         mom = self._momentum() if use_batch else 0.0
+        if self.linear_branches:  # branches with fixed-statistics BNs, summed, then one BN
+            out = self._branch_sum(x, False, 0.0)
+            return F.batch_norm(out, *self._bn("post_bn"), use_batch, mom, self.eps)
+        return self._branch_sum(x, use_batch, mom)
+
+    def _branch_sum(self, x: torch.Tensor, use_batch: bool, mom: float) -> torch.Tensor:
         out = 0
         for b in range(self.num_conv_branches):
             z = F.conv2d(x, self.branch_weight[b], None, self.stride, self.padding, 1, self.groups)
@@ -205,27 +209,10 @@ class RepConv2d(nn.Module):
                                      self.bn_weight[b], self.bn_bias[b], use_batch, mom, self.eps)
         if self.has_scale:
             z = F.conv2d(x, self.scale_weight, None, self.stride, 0, 1, self.groups)
-            z = z[..., : out.shape[-2], : out.shape[-1]]
             out = out + F.batch_norm(z, *self._bn("scale_bn"), use_batch, mom, self.eps)
         if self.has_identity:
             out = out + F.batch_norm(x, *self._bn("identity_bn"), use_batch, mom, self.eps)
         return out
-
-    def _reference_linear(self, x: torch.Tensor) -> torch.Tensor:
-        """Linear-branches mode as plain math: branches with fixed-statistics BNs, summed, one BN."""
-        use_batch = self.training
-        mom = self._momentum() if use_batch else 0.0
-        out = 0
-        for b in range(self.num_conv_branches):
-            z = F.conv2d(x, self.branch_weight[b], None, self.stride, self.padding, 1, self.groups)
-            out = out + F.batch_norm(z, self.bn_running_mean[b], self.bn_running_var[b],
-                                     self.bn_weight[b], self.bn_bias[b], False, 0.0, self.eps)
-        if self.has_scale:
-            z = F.conv2d(x, self.scale_weight, None, self.stride, 0, 1, self.groups)
-            out = out + F.batch_norm(z, *self._bn("scale_bn"), False, 0.0, self.eps)
-        if self.has_identity:
-            out = out + F.batch_norm(x, *self._bn("identity_bn"), False, 0.0, self.eps)
-        return F.batch_norm(out, *self._bn("post_bn"), use_batch, mom, self.eps)
 
     def _forward_train(self, x: torch.Tensor) -> torch.Tensor:
         mom = self._momentum()
