@@ -6,18 +6,6 @@ import pytest
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory):
-    """Decoded-dataset caches go to a temp dir, so tests neither read nor leave stale files."""
-    old = os.environ.get("GHOSTNETV3_CACHE_DIR")
-    os.environ["GHOSTNETV3_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("GHOSTNETV3_CACHE_DIR", None)
-    else:
-        os.environ["GHOSTNETV3_CACHE_DIR"] = old
-
-
 def _have_fmnist() -> bool:
     d = os.environ.get("GHOSTNETV3_DATA_DIR")
     dirs = [FMNIST] + ([Path(d), Path(d) / "fashion-mnist"] if d else [])

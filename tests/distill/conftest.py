@@ -2,29 +2,11 @@
 and the augmentation a student would train with (gray 28 px → 3-channel 32 px, RandomResizedCrop)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _private_cache(tmp_path_factory):
-    old = os.environ.get("GHOSTNETV3_CACHE_DIR")
-    os.environ["GHOSTNETV3_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("GHOSTNETV3_CACHE_DIR", None)
-    else:
-        os.environ["GHOSTNETV3_CACHE_DIR"] = old
-
-
-def have_fmnist() -> bool:
-    return (FMNIST / "train-images-idx3-ubyte.gz").is_file()
 
 
 def make_set(n: int = 96, classes: int = 10, seed: int = 0, name: str = "toy"):

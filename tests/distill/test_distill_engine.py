@@ -8,9 +8,7 @@ import math
 
 import pytest
 
-from conftest import have_fmnist
 
-pytestmark = pytest.mark.skipif(not have_fmnist(), reason="needs `sudo apt-get install dataset-fashion-mnist`")
 
 # timm's test_efficientnet (100k params) at 16 px: a step is well under a second on two busy cores
 TINY = dict(model="test_efficientnet", data="fashion-mnist", img_size=16, crop_mode="pad_crop", padding=2,
