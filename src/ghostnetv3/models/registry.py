@@ -1,4 +1,5 @@
-"""Model names: ours (GhostNetV3 / V2 at registered widths) first, then anything timm knows."""
+"""Model names: ours (GhostNetV3 / V2 at registered widths) first, `torchvision/<name>` for torchvision's
+classification builders (e.g. torchvision/shufflenet_v2_x1_0, which timm lacks), then anything timm knows."""
 from __future__ import annotations
 
 import difflib
@@ -18,6 +19,43 @@ for _tag, _w in _WIDTHS.items():
     _REGISTRY[f"ghostnetv2_{_tag}"] = dict(width=_w, **_V2)
 
 
+TORCHVISION_PREFIX = "torchvision/"
+
+
+def _torchvision_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
+    import torch
+    import torchvision
+
+    arch = name[len(TORCHVISION_PREFIX):]
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        near = difflib.get_close_matches(arch, known, n=3)
+        raise ValueError(f"unknown torchvision model '{arch}'" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                         + "; see torchvision.models.list_models()")
+    if pretrained:
+        raise ValueError(f"{name}: pretrained weights would be downloaded; pass checkpoint_path= instead")
+    for ours_only in ("num_conv_branches", "scale_branch", "identity_branch", "stem_stride"):
+        if kwargs.pop(ours_only, None) not in (None, 1):
+            raise ValueError(f"{ours_only} applies to GhostNetV3 models; for '{name}' use repify")
+    kwargs.pop("width", None)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    if in_chans != 3:  # the first 3-channel conv takes in_chans instead (gray: 1)
+        for parent in model.modules():
+            for cname, conv in parent.named_children():
+                if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
+                    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                    conv.dilation, conv.groups if conv.groups == 1 else in_chans,
+                                    conv.bias is not None, conv.padding_mode)
+                    with torch.no_grad():
+                        new.weight.copy_(conv.weight.mean(1, keepdim=True).expand_as(new.weight) * 3 / in_chans)
+                    setattr(parent, cname, new)
+                    break
+            else:
+                continue
+            break
+    return model
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -30,7 +68,9 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, pretr
                  checkpoint_path: str | None = None, **kwargs) -> nn.Module:
     """Build `name`: ghostnetv3_050/100/130/160 and ghostnetv2_* are ours (any width via
     `width=`); any other name is built by timm (no downloads: `pretrained` needs internet)."""
-    if name in _REGISTRY:
+    if name.startswith(TORCHVISION_PREFIX):
+        model = _torchvision_model(name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
+    elif name in _REGISTRY:
         if pretrained:
             raise ValueError(f"{name}: no built-in weights are shipped; pass checkpoint_path= "
                              "(the public .pth/.pt/.safetensors files load directly)")

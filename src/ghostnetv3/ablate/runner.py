@@ -1,0 +1,265 @@
+"""Run an ablation plan: each arm x seed is an ordinary `ghostnetv3 train` run in its own process.
+
+Resumable: a finished run leaves `ablation_result.json` in its run directory and is skipped next
+time; a run stopped midway continues with `--resume` (exactly, as the engine resumes); a run that
+died before its first checkpoint starts again. The report is rewritten after every finished run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ghostnetv3.engine import checkpoint as ckpt_io
+
+from .plan import Arm, Plan, config_hash, run_name
+
+RESULT = "ablation_result.json"
+CLI = [sys.executable, "-m", "ghostnetv3.cli"]
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def scores_from_confusion(cm: list[list[int]]) -> dict[str, float]:
+    """top-1, macro-F1 and balanced accuracy (mean per-class recall), in %, from a confusion matrix
+    (rows: true class). A class absent from the validation set is left out of both means."""
+    k = len(cm)
+    total = sum(map(sum, cm))
+    correct = sum(cm[i][i] for i in range(k))
+    f1s, recalls = [], []
+    for i in range(k):
+        support = sum(cm[i])
+        if support == 0:
+            continue
+        predicted = sum(cm[j][i] for j in range(k))
+        tp = cm[i][i]
+        recall = tp / support
+        precision = tp / predicted if predicted else 0.0
+        f1s.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+        recalls.append(recall)
+    return {"top1": 100.0 * correct / max(total, 1), "macro_f1": 100.0 * sum(f1s) / max(len(f1s), 1),
+            "balanced_acc": 100.0 * sum(recalls) / max(len(recalls), 1)}
+
+
+def score_run(run_dir: Path) -> dict[str, Any]:
+    """Scores of the model a run ends with: the fused EMA weights when EMA is on, else the fused raw
+    weights, from last.pt (the final epoch: no selection on the validation set)."""
+    from ghostnetv3.engine.evaluate import evaluate_checkpoint
+
+    r = evaluate_checkpoint(run_dir / ckpt_io.LAST, confusion=True)
+    out = scores_from_confusion(r["fused"]["confusion"])
+    out.update(raw_top1=r["raw"]["top1"], ema_top1=(r["ema"] or {}).get("top1"), scored=r["fused_from"],
+               fusion_max_diff=r["fusion_max_diff"], n_val=r["n"])
+    last = None
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("type") == "epoch":
+            last = rec
+    if last is not None:
+        out.update(wall_s=last.get("elapsed_s"), train_img_s=last.get("train_img_s"), epochs=last["epoch"])
+    return out
+
+
+class Runner:
+    def __init__(self, plan: Plan, *, jobs: int = 1, threads: Optional[int] = None, log: Callable = print,
+                 on_result: Optional[Callable[[], None]] = None):
+        self.plan = plan
+        self.jobs = max(1, jobs)
+        self.threads = threads or max(1, (os.cpu_count() or 1) // self.jobs)
+        self.log = log
+        self.on_result = on_result
+        self.root = plan.run_root
+        self._lock = threading.Lock()
+        self._cache_locks: dict[int, threading.Lock] = {}
+
+    # ----------------------------------------------------------------------------- processes
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def _call(self, args: list[str], log_path: Path, what: str) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as f:
+            f.write(f"\n$ ghostnetv3 {' '.join(args)}\n")
+            f.flush()
+            rc = subprocess.call(CLI + args, stdout=f, stderr=subprocess.STDOUT, env=self._env())
+        if rc != 0:
+            tail = log_path.read_text().strip().splitlines()[-1:] or [""]
+            raise RunFailed(f"{what} failed (exit {rc}): {tail[0]} — full log: {log_path}")
+
+    def _train(self, cfg, run_dir: Path, what: str) -> None:
+        """Train (or continue) one run; returns when last.pt holds the final epoch."""
+        cfg_path = self.root / "_configs" / f"{run_dir.name}.yaml"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        cfg.save(cfg_path)
+        args = ["train", "-c", str(cfg_path)]
+        if (run_dir / ckpt_io.LAST).exists():
+            state = ckpt_io.load(run_dir / ckpt_io.LAST)
+            if state.get("epoch", 0) >= cfg.epochs and state.get("step", 0) == 0:
+                return  # trained; only the scoring was missing
+            args += ["--resume", str(run_dir)]
+        elif run_dir.exists():
+            shutil.rmtree(run_dir)  # died before its first checkpoint: nothing worth keeping
+        self._call(args, self.root / "_logs" / f"{run_dir.name}.log", what)
+
+    def _check_stale(self, result_path: Path, h: str) -> Optional[dict]:
+        if not result_path.exists():
+            return None
+        res = json.loads(result_path.read_text())
+        if res.get("config_hash") != h:
+            raise ValueError(f"{result_path.parent} was run with another config than this plan now gives "
+                             f"(the plan or a recipe changed); delete that directory to rerun it, or set another "
+                             f"output in the plan")
+        return res
+
+    # ----------------------------------------------------------------------------- teacher
+    @property
+    def teacher_dir(self) -> Path:
+        return self.root / "teacher"
+
+    def teacher_config(self):
+        from ghostnetv3.engine.config import load_config
+        t = self.plan.teacher
+        values = dict(t["set"])
+        if t.get("export"):
+            values["init_checkpoint"] = str(self.root / "_teacher_init.safetensors")
+            values.setdefault("reset_head", True)
+        values.update(seed=0, output=str(self.root), experiment="teacher")
+        return load_config(t.get("recipe"), **values)
+
+    def ensure_teacher(self) -> dict[str, Any]:
+        cfg = self.teacher_config()
+        h = config_hash(cfg)
+        result_path = self.teacher_dir / RESULT
+        res = self._check_stale(result_path, h)
+        if res is not None:
+            return res
+        t = self.plan.teacher
+        if t.get("export") and not (self.root / "_teacher_init.safetensors").exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._call(["export-teacher", t["export"], "-o", str(self.root / "_teacher_init.safetensors")],
+                       self.root / "_logs" / "teacher.log", "export-teacher")
+        self.log(f"[ablate] training the teacher ({cfg.model}) -> {self.teacher_dir}")
+        self._train(cfg, self.teacher_dir, "teacher")
+        res = dict(score_run(self.teacher_dir), config_hash=h, model=cfg.model)
+        _write_json(result_path, res)
+        self.log(f"[ablate] teacher top-1 {res['top1']:.2f}")
+        return res
+
+    def cache_path(self, seed: int) -> Path:
+        return self.root / "teacher-cache" / f"s{seed}.kdcache"
+
+    def ensure_cache(self, arm: Arm, seed: int) -> Path:
+        with self._lock:
+            lock = self._cache_locks.setdefault(seed, threading.Lock())
+        with lock:
+            path = self.cache_path(seed)
+            cfg = self.plan.config(arm, seed)
+            cfg_path = self.root / "_configs" / f"cache-s{seed}.yaml"
+            cfg_path.parent.mkdir(parents=True, exist_ok=True)
+            cfg.save(cfg_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            t = self.plan.teacher
+            args = ["cache-teacher", "-c", str(cfg_path), "--teacher", str(self.teacher_dir),
+                    "--views", str(t["views"]), "--output", str(path), "--no-progress"]
+            if t.get("input_size"):
+                args += ["--teacher-input-size", str(t["input_size"])]
+            # cache-teacher checks an existing file against this data/augmentation/teacher: a no-op if it fits
+            self._call(args, self.root / "_logs" / f"cache-s{seed}.log", f"cache-teacher seed {seed}")
+            return path
+
+    # ----------------------------------------------------------------------------- arms
+    def arm_config(self, arm: Arm, seed: int):
+        extra: dict[str, Any] = {}
+        if arm.kd is not None:
+            if self.plan.teacher.get("input_size"):
+                extra["teacher_input_size"] = self.plan.teacher["input_size"]
+            if arm.kd == "online":
+                extra["teacher"] = str(self.teacher_dir)
+            else:
+                extra["teacher_cache"] = str(self.cache_path(seed))
+        return self.plan.config(arm, seed, **extra)
+
+    def run_arm(self, arm: Arm, seed: int) -> dict[str, Any]:
+        cfg = self.arm_config(arm, seed)
+        h = config_hash(cfg)
+        run_dir = self.root / run_name(arm.name, seed)
+        result_path = run_dir / RESULT
+        res = self._check_stale(result_path, h)
+        if res is not None:
+            return res
+        if arm.kd == "cached":
+            self.ensure_cache(arm, seed)
+        self.log(f"[ablate] {run_name(arm.name, seed)}: training")
+        t0 = time.time()
+        self._train(cfg, run_dir, run_name(arm.name, seed))
+        res = dict(score_run(run_dir), config_hash=h, arm=arm.name, seed=seed,
+                   harness_wall_s=round(time.time() - t0, 1))
+        _write_json(result_path, res)
+        self.log(f"[ablate] {run_name(arm.name, seed)}: top-1 {res['top1']:.2f} "
+                 f"(macro-F1 {res['macro_f1']:.2f}, balanced {res['balanced_acc']:.2f})")
+        if self.on_result is not None:
+            with self._lock:
+                self.on_result()
+        return res
+
+    def todo(self, arms: Optional[list[str]] = None) -> list[tuple[Arm, int]]:
+        """Seed-major order: every arm gets seed 0 before any gets seed 1, so a stopped grid is balanced."""
+        chosen = [a for a in self.plan.arms if arms is None or a.name in arms]
+        return [(a, s) for s in range(self.plan.seeds) for a in chosen]
+
+    def run(self, arms: Optional[list[str]] = None) -> list[str]:
+        """Run what is not finished; returns the failures (one line each) — the others still run."""
+        todo = self.todo(arms)
+        if self.plan.teacher is not None and any(a.kd for a, _ in todo):
+            self.ensure_teacher()
+        failures: list[str] = []
+
+        def one(item):
+            arm, seed = item
+            try:
+                self.run_arm(arm, seed)
+            except RunFailed as e:
+                self.log(f"[ablate] {e}")
+                failures.append(str(e))
+
+        if self.jobs == 1:
+            for item in todo:
+                one(item)
+        else:
+            with ThreadPoolExecutor(self.jobs) as pool:
+                list(pool.map(one, todo))
+        return failures
+
+    def results(self) -> dict[str, Any]:
+        """Every finished run's result, by arm, and the teacher's (None when absent)."""
+        by_arm: dict[str, list[dict]] = {a.name: [] for a in self.plan.arms}
+        for a in self.plan.arms:
+            for s in range(self.plan.seeds):
+                p = self.root / run_name(a.name, s) / RESULT
+                if p.exists():
+                    by_arm[a.name].append(json.loads(p.read_text()))
+        teacher = None
+        if (self.teacher_dir / RESULT).exists():
+            teacher = json.loads((self.teacher_dir / RESULT).read_text())
+        return {"arms": by_arm, "teacher": teacher}

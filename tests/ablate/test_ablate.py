@@ -1,0 +1,135 @@
+"""`ghostnetv3 ablate`: plan validation, the statistics, and a tiny grid run end to end on real
+Fashion-MNIST (two arms, one seed, a few steps), including skip-when-finished and stale detection."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ghostnetv3.ablate import load_plan, paired_diff, scores_from_confusion
+from ghostnetv3.ablate.plan import config_hash
+from ghostnetv3.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = str(ROOT / "recipes" / "fashion_mnist.yaml")
+TINY = {"train_subset": 128, "val_subset": 64, "epochs": 1, "batch_size": 64, "img_size": 32,
+        "warmup_epochs": 0, "log_interval": 0}
+
+
+def write_plan(tmp_path: Path, **changes) -> Path:
+    plan = {"name": "tiny", "recipe": RECIPE, "common": dict(TINY), "seeds": 1, "metrics": ["top1", "macro_f1"],
+            "output": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+            "arms": [{"name": "plain", "desc": "no branches",
+                      "set": {"num_conv_branches": 1, "scale_branch": False, "identity_branch": False,
+                              "model_ema": False}},
+                     {"name": "rep2", "ref": "plain", "desc": "2 branches + EMA",
+                      "set": {"num_conv_branches": 2, "model_ema": True}}]}
+    plan.update(changes)
+    p = tmp_path / "plan.yaml"
+    p.write_text(yaml.safe_dump(plan))
+    return p
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+def test_scores_from_confusion_by_hand():
+    cm = [[8, 2, 0],   # class 0: recall 0.8
+          [1, 1, 0],   # class 1: recall 0.5
+          [0, 0, 0]]   # class 2 absent: left out of the class means
+    s = scores_from_confusion(cm)
+    assert s["top1"] == pytest.approx(100 * 9 / 12)
+    assert s["balanced_acc"] == pytest.approx(100 * (0.8 + 0.5) / 2)
+    f1_0 = 2 * (8 / 9) * 0.8 / (8 / 9 + 0.8)
+    f1_1 = 2 * (1 / 3) * 0.5 / (1 / 3 + 0.5)
+    assert s["macro_f1"] == pytest.approx(100 * (f1_0 + f1_1) / 2)
+
+
+def test_paired_diff_interval_by_hand():
+    a = {0: 80.0, 1: 82.0, 2: 81.0, 5: 99.0}
+    b = {0: 79.0, 1: 80.0, 2: 81.5}  # seed 5 has no partner: not used
+    d = paired_diff(a, b)
+    diffs = [1.0, 2.0, -0.5]
+    half = 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(statistics.fmean(diffs))
+    assert d["ci"] == pytest.approx([statistics.fmean(diffs) - half, statistics.fmean(diffs) + half])
+    assert paired_diff({0: 1.0}, {0: 0.5}) == {"n": 1, "mean": 0.5, "ci": None}
+    assert paired_diff({0: 1.0}, {1: 0.5})["mean"] is None
+
+
+# ------------------------------------------------------------------------------------ plan errors
+
+@pytest.mark.parametrize("changes, message", [
+    ({"arms": [{"name": "a", "set": {"lr": 0.1}, "colour": 1}]}, "unknown key 'colour'"),
+    ({"arms": [{"name": "a", "set": {"lrr": 0.1}}]}, "did you mean 'lr'"),
+    ({"arms": [{"name": "a", "ref": "b", "set": {}}]}, "ref 'b' is not an arm"),
+    ({"arms": [{"name": "a", "set": {}}, {"name": "a", "set": {}}]}, "used twice"),
+    ({"arms": [{"name": "a", "kd": "cached", "set": {}}]}, "need a teacher section"),
+    ({"arms": [{"name": "a", "kd": "sometimes", "set": {}}]}, "kd must be online or cached"),
+    ({"common": {"seed": 3}}, "'seed' is set by the harness"),
+    ({"metrics": ["top1", "auc"]}, "unknown metric 'auc'"),
+])
+def test_plan_errors_name_the_problem(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        load_plan(write_plan(tmp_path, **changes))
+
+
+def test_plan_with_a_key_given_twice_is_refused(tmp_path):
+    p = write_plan(tmp_path)
+    p.write_text(p.read_text() + "seeds: 2\n")
+    with pytest.raises(ValueError, match="key 'seeds' is given twice"):
+        load_plan(p)
+
+
+def test_config_hash_ignores_where_and_new_default_keys(tmp_path):
+    plan = load_plan(write_plan(tmp_path))
+    arm = plan.arm("rep2")
+    cfg = plan.config(arm, 0)
+    assert config_hash(cfg) == config_hash(cfg.replace(output="elsewhere", device="cpu"))
+    assert config_hash(cfg) != config_hash(cfg.replace(lr=cfg.lr * 2))
+    assert config_hash(plan.config(arm, 0)) != config_hash(plan.config(arm, 1))
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+def test_tiny_grid_runs_reports_skips_and_refuses_stale(tmp_path, capsys):
+    plan_path = write_plan(tmp_path)
+    assert main(["ablate", "-c", str(plan_path)]) == 0
+    out = capsys.readouterr().out
+    assert "plain-s0: top-1" in out and "rep2-s0: top-1" in out
+
+    res_dir = tmp_path / "results"
+    summary = json.loads((res_dir / "ablation_tiny.json").read_text())
+    arms = {a["name"]: a for a in summary["arms"]}
+    assert summary["finished_runs"] == 2 == summary["planned_runs"]
+    for name in ("plain", "rep2"):
+        run = arms[name]["runs"][0]
+        assert 0.0 <= run["top1"] <= 100.0 and run["n_val"] == 64 and run["epochs"] == 1
+        assert run["fusion_max_diff"] < 1e-3
+    assert arms["rep2"]["runs"][0]["scored"] == "ema" and arms["plain"]["runs"][0]["scored"] == "raw"
+    diff = arms["rep2"]["top1"]["diff_vs_ref"]
+    assert diff["n"] == 1
+    assert diff["mean"] == pytest.approx(arms["rep2"]["runs"][0]["top1"] - arms["plain"]["runs"][0]["top1"])
+    md = (res_dir / "ablation_tiny.md").read_text()
+    assert "| rep2 |" in md and "runs finished: 2 of 2" in md
+    assert (res_dir / "ablation_tiny.png").read_bytes()[:4] == b"\x89PNG"
+    # the run directories are ordinary train runs
+    cfg = yaml.safe_load((tmp_path / "runs" / "tiny" / "rep2-s0" / "config.yaml").read_text())
+    assert cfg["num_conv_branches"] == 2 and cfg["seed"] == 0 and cfg["train_subset"] == 128
+
+    # again: both runs are finished, nothing trains
+    result = tmp_path / "runs" / "tiny" / "plain-s0" / "ablation_result.json"
+    before = result.stat().st_mtime_ns
+    assert main(["ablate", "-c", str(plan_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == ["done", "plain-s0", "done", "rep2-s0"]
+    assert main(["ablate", "-c", str(plan_path)]) == 0
+    assert "training" not in capsys.readouterr().out
+    assert result.stat().st_mtime_ns == before
+
+    # a changed budget makes the finished runs stale: refused, with the directory to delete
+    write_plan(tmp_path, common=dict(TINY, lr=0.5))
+    assert main(["ablate", "-c", str(plan_path)]) == 1
+    assert "was run with another config" in capsys.readouterr().err
