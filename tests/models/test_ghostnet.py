@@ -123,3 +123,15 @@ def test_channels_last_train_step_matches():
     ya.sum().backward(), yb.sum().backward()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=n)
+
+
+def test_torchvision_models_by_prefix():
+    create_model = ghostnetv3.create_model
+    m = create_model("torchvision/shufflenet_v2_x1_0", num_classes=7, in_chans=1).eval()
+    assert m(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+    first = next(c for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+    assert first.in_channels == 1
+    with pytest.raises(ValueError, match="did you mean shufflenet_v2_x1_0"):
+        create_model("torchvision/shufflenet_v2_x1_00")
+    with pytest.raises(ValueError, match="use repify"):
+        create_model("torchvision/mobilenet_v2", num_conv_branches=3)
