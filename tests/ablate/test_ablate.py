@@ -12,6 +12,7 @@ import yaml
 
 from ghostnetv3.ablate import load_plan, paired_diff, scores_from_confusion
 from ghostnetv3.ablate.plan import config_hash
+from ghostnetv3.ablate.report import verdict
 from ghostnetv3.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,8 @@ def write_plan(tmp_path: Path, **changes) -> Path:
                       "set": {"num_conv_branches": 1, "scale_branch": False, "identity_branch": False,
                               "model_ema": False}},
                      {"name": "rep2", "ref": "plain", "desc": "2 branches + EMA",
-                      "set": {"num_conv_branches": 2, "model_ema": True}}]}
+                      "set": {"num_conv_branches": 2, "model_ema": True}}],
+            "claims": [{"claim": "branches help", "arm": "rep2", "expect": "higher"}]}
     plan.update(changes)
     p = tmp_path / "plan.yaml"
     p.write_text(yaml.safe_dump(plan))
@@ -60,6 +62,16 @@ def test_paired_diff_interval_by_hand():
     assert paired_diff({0: 1.0}, {1: 0.5})["mean"] is None
 
 
+def test_verdicts_follow_the_interval():
+    assert verdict({"ci": [0.1, 2.0]}, "higher") == "reproduced"
+    assert verdict({"ci": [-2.0, -0.1]}, "higher") == "not reproduced (the opposite)"
+    assert verdict({"ci": [-0.5, 2.0]}, "higher").startswith("inconclusive")
+    assert verdict({"ci": [-2.0, -0.1]}, "lower") == "reproduced"
+    assert verdict({"ci": [-0.5, 0.5]}, "same").startswith("reproduced")
+    assert verdict({"ci": [0.2, 0.5]}, "same").startswith("not reproduced")
+    assert verdict({"ci": None, "n": 1, "mean": 3.0}, "higher").startswith("inconclusive")
+
+
 # ------------------------------------------------------------------------------------ plan errors
 
 @pytest.mark.parametrize("changes, message", [
@@ -71,6 +83,8 @@ def test_paired_diff_interval_by_hand():
     ({"arms": [{"name": "a", "kd": "sometimes", "set": {}}]}, "kd must be online or cached"),
     ({"common": {"seed": 3}}, "'seed' is set by the harness"),
     ({"metrics": ["top1", "auc"]}, "unknown metric 'auc'"),
+    ({"claims": [{"claim": "x", "arm": "rep2", "ref": "rep9"}]}, "ref 'rep9' is not an arm"),
+    ({"claims": [{"claim": "x", "arm": "rep2", "expect": "better"}]}, "expect must be higher, lower or same"),
 ])
 def test_plan_errors_name_the_problem(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -115,6 +129,10 @@ def test_tiny_grid_runs_reports_skips_and_refuses_stale(tmp_path, capsys):
     assert diff["mean"] == pytest.approx(arms["rep2"]["runs"][0]["top1"] - arms["plain"]["runs"][0]["top1"])
     md = (res_dir / "ablation_tiny.md").read_text()
     assert "| rep2 |" in md and "runs finished: 2 of 2" in md
+    claim = summary["claims"][0]
+    assert (claim["arm"], claim["ref"]) == ("rep2", "plain")  # ref defaults to the arm's own
+    assert claim["top1"]["verdict"] == "inconclusive (fewer than 2 seeds)"
+    assert "| branches help | rep2 − plain > 0 |" in md
     assert (res_dir / "ablation_tiny.png").read_bytes()[:4] == b"\x89PNG"
     # the run directories are ordinary train runs
     cfg = yaml.safe_load((tmp_path / "runs" / "tiny" / "rep2-s0" / "config.yaml").read_text())

@@ -30,7 +30,8 @@ from ghostnetv3.engine.config import TrainConfig, check_keys, load_config, norma
 
 METRICS = ("top1", "macro_f1", "balanced_acc")
 _PLAN_KEYS = {"name", "recipe", "common", "seeds", "metrics", "teacher", "arms", "output", "results_dir",
-              "description"}
+              "description", "claims"}
+_CLAIM_KEYS = {"claim", "arm", "ref", "expect"}
 _ARM_KEYS = {"name", "desc", "ref", "set", "kd"}
 _TEACHER_KEYS = {"export", "recipe", "set", "input_size", "views"}
 
@@ -42,6 +43,16 @@ class Arm:
     ref: Optional[str] = None
     desc: str = ""
     kd: Optional[str] = None  # None | online | cached
+
+
+@dataclasses.dataclass
+class Claim:
+    """A statement of the paper tested as a paired difference: `arm` minus `ref` is expected to be
+    higher than 0, lower, or the same (no difference)."""
+    claim: str
+    arm: str
+    ref: str
+    expect: str = "higher"
 
 
 @dataclasses.dataclass
@@ -57,6 +68,7 @@ class Plan:
     results_dir: str = "docs/results"
     description: str = ""
     source: str = ""
+    claims: list[Claim] = dataclasses.field(default_factory=list)
 
     @property
     def run_root(self) -> Path:
@@ -173,11 +185,22 @@ def load_plan(path: str | Path, *, seeds: Optional[int] = None, output: Optional
         teacher.setdefault("views", 3)
     if any(a.kd for a in arms) and teacher is None:
         raise ValueError(f"{p}: arms with kd need a teacher section")
+    claims = []
+    for i, c in enumerate(raw.get("claims") or []):
+        c = _check_mapping(c, _CLAIM_KEYS, f"{p} claim {i + 1}")
+        arm = c.get("arm")
+        ref = c.get("ref") or next((a.ref for a in arms if a.name == arm), None)
+        for which, name in (("arm", arm), ("ref", ref)):
+            if name not in names:
+                raise ValueError(f"{p}: claim {i + 1}: {which} {name!r} is not an arm of this plan")
+        if c.get("expect", "higher") not in ("higher", "lower", "same"):
+            raise ValueError(f"{p}: claim {i + 1}: expect must be higher, lower or same")
+        claims.append(Claim(claim=str(c.get("claim", "")), arm=arm, ref=ref, expect=c.get("expect", "higher")))
     plan = Plan(name=str(raw["name"]), recipe=recipe, common=common, arms=arms,
                 seeds=int(seeds if seeds is not None else raw.get("seeds", 3)), metrics=metrics, teacher=teacher,
                 output=output or raw.get("output", "runs/ablation"),
                 results_dir=results_dir or raw.get("results_dir", "docs/results"),
-                description=str(raw.get("description", "")).strip(), source=str(p))
+                description=str(raw.get("description", "")).strip(), source=str(p), claims=claims)
     if plan.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     for a in arms:  # every arm must resolve to a valid config now, not hours into the grid

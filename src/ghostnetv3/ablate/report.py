@@ -44,6 +44,21 @@ def paired_diff(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     return {"n": len(d), "mean": m, "ci": [m - half, m + half]}
 
 
+def verdict(diff: dict[str, Any], expect: str) -> str:
+    """reproduced: the 95% interval lies on the expected side of 0 (for `same`: it contains 0);
+    not reproduced: it lies on the other side (for `same`: it excludes 0); else inconclusive."""
+    if not diff or diff.get("ci") is None:
+        return "inconclusive (fewer than 2 seeds)"
+    lo, hi = diff["ci"]
+    if expect == "same":
+        return "reproduced (no difference shown)" if lo <= 0 <= hi else "not reproduced (they differ)"
+    if lo > 0:
+        return "reproduced" if expect == "higher" else "not reproduced (the opposite)"
+    if hi < 0:
+        return "reproduced" if expect == "lower" else "not reproduced (the opposite)"
+    return "inconclusive (interval contains 0)"
+
+
 def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
     arms_out = []
     by_arm = results["arms"]
@@ -60,6 +75,14 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
         walls = [r["wall_s"] for r in runs if r.get("wall_s")]
         entry["wall_s_mean"] = statistics.fmean(walls) if walls else None
         arms_out.append(entry)
+    claims = []
+    for c in plan.claims:
+        entry = {"claim": c.claim, "arm": c.arm, "ref": c.ref, "expect": c.expect}
+        for m in plan.metrics:
+            d = paired_diff({r["seed"]: r[m] for r in by_arm.get(c.arm, [])},
+                            {r["seed"]: r[m] for r in by_arm.get(c.ref, [])})
+            entry[m] = {"diff": d, "verdict": verdict(d, c.expect)}
+        claims.append(entry)
     all_walls = [r.get("harness_wall_s") or 0.0 for runs in by_arm.values() for r in runs]
     teacher = results.get("teacher")
     return {"name": plan.name, "plan": plan.source, "description": plan.description, "recipe": plan.recipe,
@@ -70,7 +93,7 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
             "planned_runs": plan.seeds * len(plan.arms), "total_train_wall_s": sum(all_walls),
             "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}, "
                        f"torch {_torch_version()}", "updated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "arms": arms_out}
+            "arms": arms_out, "claims": claims}
 
 
 def _torch_version() -> str:
@@ -123,6 +146,14 @@ def to_markdown(s: dict[str, Any]) -> str:
         lines.append(f"| {a['name']} | {a['desc']} | {a['ref'] or '–'} | {a['n']} | "
                      + " | ".join(_fmt(a[m]) for m in metrics) + " | "
                      + " | ".join(_fmt_diff(a[m].get("diff_vs_ref")) for m in metrics) + f" | {wall} |")
+    if s.get("claims"):
+        lines += ["", "## The paper's claims on this data", "",
+                  "| claim | test | " + " | ".join(f"Δ {LABELS[m]} [95% CI] → verdict" for m in metrics) + " |",
+                  "|" + "---|" * (2 + len(metrics))]
+        for c in s["claims"]:
+            want = {"higher": "> 0", "lower": "< 0", "same": "= 0"}[c["expect"]]
+            lines.append(f"| {c['claim']} | {c['arm']} − {c['ref']} {want} | "
+                         + " | ".join(f"{_fmt_diff(c[m]['diff'])} → {c[m]['verdict']}" for m in metrics) + " |")
     lines += ["", "Per-run scores (seed: " + LABELS[metrics[0]] + "):", ""]
     for a in s["arms"]:
         runs = ", ".join(f"s{r['seed']}: {r[metrics[0]]:.2f}" for r in a["runs"]) or "–"
