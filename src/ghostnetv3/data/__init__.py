@@ -7,7 +7,8 @@
         loader.set_epoch(epoch)
         for images, labels, indices, keys in loader: ...
 
-Per-sample timm paths (RandAugment, streaming datasets) live in `timm_compat`.
+Per-sample timm paths (RandAugment, streaming datasets) live in `timm_compat`; `stream` trains
+from data too big for memory (folders, tar, timm readers) through them, seeded per sample.
 """
 
 from .augment import AugConfig, BatchAugment

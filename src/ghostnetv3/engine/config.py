@@ -58,7 +58,10 @@ class TrainConfig:
     on_bad_image: str = "fail"           # fail | skip
     train_subset: Optional[int] = None   # use only N training images (seeded) — smoke tests, tuning
     val_subset: Optional[int] = None
-    workers: int = 0                     # DataLoader workers (aa path only; the in-memory path needs none)
+    workers: int = 0                     # DataLoader workers (aa and stream paths; the in-memory path needs none)
+    data_mode: str = "auto"              # memory | stream | auto (stream: timm names hfds/ wds/ ..., .tar, big folders)
+    data_memory_limit_gb: Optional[float] = None  # auto: largest decoded folder kept in memory; None: RAM/4
+    train_num_samples: Optional[int] = None  # images per epoch of an iterable source (wds/, hfids/, tfds/)
 
     # --- optimisation (SPEC section 3 defaults) ---
     epochs: int = 300
@@ -104,7 +107,8 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name)))
         choices = {"amp": ("none", "bf16", "fp16"), "crop_mode": ("rrc", "pad_crop", "none"),
-                   "on_bad_image": ("fail", "skip"), "kd_loss": ("kl", "soft-ce", "hard")}
+                   "on_bad_image": ("fail", "skip"), "data_mode": ("memory", "stream", "auto"),
+                   "kd_loss": ("kl", "soft-ce", "hard")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")

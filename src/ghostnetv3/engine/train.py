@@ -142,8 +142,24 @@ def aug_config(cfg: TrainConfig, in_chans: int, train: bool):
 
 
 def load_datasets(cfg: TrainConfig):
+    """(train, val): ImageSets decoded into memory, or StreamSets read per sample (data_mode)."""
     from ghostnetv3.data import load_dataset
+    from ghostnetv3.data.stream import choose_data_mode, open_stream_set
 
+    mode, why = choose_data_mode(cfg.data, cfg.data_mode, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                                 limit_gb=cfg.data_memory_limit_gb)
+    if why and os.environ.get("RANK", "0") == "0":
+        print(why, flush=True)
+    if mode == "stream":
+        if cfg.teacher_cache:
+            raise ValueError("--teacher-cache replays views of in-memory images; use --data-mode memory, "
+                             "or distill online with --teacher")
+        common = dict(seed=cfg.seed, val_fraction=cfg.val_fraction, num_classes=cfg.num_classes)
+        train_set = open_stream_set(cfg.data, "train", num_samples=cfg.train_num_samples, **common)
+        val_set = open_stream_set(cfg.data, "val", **common)
+        if train_set.iterable:
+            return train_set, val_set
+        return subset(train_set, cfg.train_subset, cfg.seed), subset(val_set, cfg.val_subset, cfg.seed + 1)
     common = dict(seed=cfg.seed, val_fraction=cfg.val_fraction, on_bad_image=cfg.on_bad_image,
                   image_size=cfg.img_size)
     train_set = load_dataset(cfg.data, split="train", **common)
@@ -281,7 +297,29 @@ class StopFlag:
 
 # --------------------------------------------------------------------------- the loop
 
+def _stream_loader(cfg, ds, in_chans, device, train: bool, d: Optional[Dist] = None):
+    """Per-sample timm transforms in DataLoader workers over a StreamSet (ghostnetv3.data.stream)."""
+    from ghostnetv3.data import timm_transform
+    from ghostnetv3.data.stream import IterableLoader, PerSampleLoader, SeededTransformDataset
+
+    if train and cfg.crop_mode != "rrc":
+        raise ValueError(f"--data-mode stream crops with timm's RandomResizedCrop; set --crop-mode rrc "
+                         f"(got {cfg.crop_mode!r}), or use --data-mode memory")
+    d = d or Dist()
+    tf = timm_transform(aug_config(cfg, in_chans, train=train), auto_augment=cfg.aa if train else None)
+    bs, rank, ws = (cfg.batch_size // d.world_size, d.rank, d.world_size) if train else (max(cfg.batch_size, 256), 0, 1)
+    common = dict(seed=cfg.seed, rank=rank, world_size=ws, workers=cfg.workers, device=device,
+                  channels_last=cfg.channels_last)
+    if ds.iterable:
+        return IterableLoader(ds, tf, bs, train=train, in_chans=in_chans, **common)
+    dataset = SeededTransformDataset(ds.read, tf, seed=cfg.seed, in_chans=in_chans, name=ds.file_name)
+    return PerSampleLoader(dataset, len(ds), bs, shuffle=train, drop_last=train, on_bad_image=cfg.on_bad_image,
+                           skipped=ds.skipped, fixed_key=None if train else 0, verbose=d.main, **common)
+
+
 def _train_loader(cfg, train_set, in_chans, d: Dist, device, augment, view_fn):
+    if getattr(train_set, "streaming", False):
+        return _stream_loader(cfg, train_set, in_chans, device, train=True, d=d)
     if cfg.aa:  # RandAugment is per-sample PIL work: timm's transform pipeline in DataLoader workers
         from .aa_loader import AALoader
         return AALoader(cfg, train_set, in_chans, d, device)
@@ -294,6 +332,8 @@ def _train_loader(cfg, train_set, in_chans, d: Dist, device, augment, view_fn):
 def _val_loader(cfg, val_set, in_chans, device):
     from ghostnetv3.data import BatchAugment, InMemoryLoader
 
+    if getattr(val_set, "streaming", False):
+        return _stream_loader(cfg, val_set, in_chans, device, train=False)
     augment = BatchAugment(aug_config(cfg, in_chans, train=False), seed=cfg.seed)
     return InMemoryLoader(val_set, max(cfg.batch_size, 256), augment, shuffle=False, drop_last=False,
                           seed=cfg.seed, rank=0, world_size=1, device=device, channels_last=cfg.channels_last)
@@ -339,7 +379,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
     if train_set is None:
         train_set, val_set = load_datasets(cfg)
     num_classes = cfg.num_classes or len(train_set.classes)
-    in_chans = cfg.in_chans or int(train_set.images.shape[1])
+    in_chans = cfg.in_chans or (3 if getattr(train_set, "streaming", False) else int(train_set.images.shape[1]))
 
     # -- model (built under the same seed on every rank; DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.seed)
@@ -366,7 +406,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
     val_loader = _val_loader(cfg, val_set, in_chans, device) if d.main else None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set.labels)} training images make no full batch of "
+        raise ValueError(f"{len(train_set)} training images make no full batch of "
                          f"{cfg.batch_size // d.world_size}; lower --batch-size")
 
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
