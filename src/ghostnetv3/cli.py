@@ -16,6 +16,7 @@ _COMMANDS = [
     "ghostnetv3.engine.cli",      # train, eval, plot
     "ghostnetv3.distill.cli",     # cache-teacher
     "ghostnetv3.deploy.cli",      # export, quantize, bench
+    "ghostnetv3.detect.cli",      # detect train|eval|export|bench
 ]
 
 

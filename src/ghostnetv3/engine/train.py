@@ -339,10 +339,15 @@ def _val_loader(cfg, val_set, in_chans, device):
                           seed=cfg.seed, rank=0, world_size=1, device=device, channels_last=cfg.channels_last)
 
 
-def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary (also the last line of metrics.jsonl).
 
     `train_set`/`val_set` (ImageSets) replace `cfg.data` — for tests and notebooks.
+    `task` (default: classification) trains another kind of model through this same loop; it
+    provides `load_datasets(cfg)`, `build_model(cfg, num_classes, in_chans)`,
+    `train_loader(cfg, train_set, dist, device)`, `val_loader(cfg, val_set, device)`,
+    `loss(model, batch)`, `evaluate(model, val_loader, device, amp)` -> dict, and `metric`, the
+    key of that dict which picks best.pt (see ghostnetv3.detect.task).
     """
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -377,13 +382,14 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
 
     # -- data
     if train_set is None:
-        train_set, val_set = load_datasets(cfg)
+        train_set, val_set = task.load_datasets(cfg) if task is not None else load_datasets(cfg)
+    metric = task.metric if task is not None else "top1"  # the validation number that picks best.pt
     num_classes = cfg.num_classes or len(train_set.classes)
     in_chans = cfg.in_chans or (3 if getattr(train_set, "streaming", False) else int(train_set.images.shape[1]))
 
     # -- model (built under the same seed on every rank; DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, num_classes, in_chans)
+    model = (task.build_model if task is not None else build_model)(cfg, num_classes, in_chans)
     if cfg.sync_bn and d.enabled:
         if device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm is GPU-only); on CPU each rank "
@@ -402,8 +408,12 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
             raise ValueError("distillation with Mixup/CutMix is not supported; set --mixup 0 --cutmix 0")
         from ghostnetv3.distill import build_distiller
         distiller = build_distiller(cfg, train_set, augment, device)
-    loader = _train_loader(cfg, train_set, in_chans, d, device, augment, getattr(distiller, "view_fn", None))
-    val_loader = _val_loader(cfg, val_set, in_chans, device) if d.main else None
+    if task is not None:
+        loader = task.train_loader(cfg, train_set, d, device)
+        val_loader = task.val_loader(cfg, val_set, device) if d.main else None
+    else:
+        loader = _train_loader(cfg, train_set, in_chans, d, device, augment, getattr(distiller, "view_fn", None))
+        val_loader = _val_loader(cfg, val_set, in_chans, device) if d.main else None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images make no full batch of "
@@ -450,7 +460,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         # the schedule is rebuilt from the config (so --epochs can extend a run) and set to the saved step
         scheduler.step_update(num_updates=global_step)
-        best = {"top1": state["best_top1"], "epoch": state["best_epoch"], "source": state["best_source"]}
+        best = {"value": state[f"best_{metric}"], "epoch": state["best_epoch"], "source": state["best_source"]}
         loss_sum, loss_count, elapsed = state["epoch_loss_sum"], state["epoch_loss_count"], state["elapsed"]
         parts_sum = dict(state.get("epoch_parts_sum") or {})
         rngs = state["rng"]
@@ -496,7 +506,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
             "scaler": scaler.state_dict(), "rng": rngs,
             "epoch": epoch, "step": step, "global_step": global_step,
             "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count, "epoch_parts_sum": parts_sum,
-            "best_top1": best["top1"], "best_epoch": best["epoch"], "best_source": best["source"],
+            f"best_{metric}": best["value"], "best_epoch": best["epoch"], "best_source": best["source"],
             "elapsed": elapsed + (time.perf_counter() - t_start),
             "num_classes": num_classes, "in_chans": in_chans, "classes": list(map(str, train_set.classes)),
             "config": cfg.to_dict(),
@@ -516,13 +526,15 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                            disable=not d.main, mininterval=1.0, dynamic_ncols=True, leave=False)
                 t_epoch, seen = time.perf_counter(), 0
                 for step, batch in enumerate(loader.iter_from(first), start=first):
-                    x, y = batch.images, batch.labels
-                    target = y
+                    x, target = batch.images, getattr(batch, "labels", None)
                     if mixup_fn is not None:
-                        x, target = mixup_fn(x, y)
+                        x, target = mixup_fn(x, target)
                     with autocast(device, cfg.amp):
-                        logits = model(x)
-                        loss = criterion(logits, target)
+                        if task is not None:  # e.g. detectors, which compute their losses themselves
+                            loss = task.loss(model, batch)
+                        else:
+                            logits = model(x)
+                            loss = criterion(logits, target)
                         if distiller is not None:
                             loss, parts = distiller(logits, batch, loss)
                             for k, v in parts.items():
@@ -558,7 +570,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                     loss_val = flags[3].item()
                     loss_sum += loss_val
                     loss_count += 1
-                    seen += y.shape[0] * d.world_size
+                    seen += x.shape[0] * d.world_size
                     if d.main:
                         bar.update(1)
                         rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
@@ -585,23 +597,24 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
                                        "lr": optimizer.param_groups[0]["lr"],
                                        "train_img_s": seen / max(epoch_time, 1e-9)}
                 if d.main:
-                    raw = evaluate(eval_form(model_without_ddp), val_loader, device, cfg.amp)
+                    evaluate_fn = task.evaluate if task is not None else evaluate
+                    raw = evaluate_fn(eval_form(model_without_ddp), val_loader, device, cfg.amp)
                     rec.update({f"val_{k}": v for k, v in raw.items() if k != "n"})
-                    candidates = {"raw": raw["top1"]}
+                    candidates = {"raw": raw[metric]}
                     if ema is not None:
-                        ema_m = evaluate(eval_form(ema.module), val_loader, device, cfg.amp)
+                        ema_m = evaluate_fn(eval_form(ema.module), val_loader, device, cfg.amp)
                         rec.update({f"ema_{k}": v for k, v in ema_m.items() if k != "n"})
-                        candidates["ema"] = ema_m["top1"]
+                        candidates["ema"] = ema_m[metric]
                     source = max(candidates, key=candidates.get)
                     rec["elapsed_s"] = elapsed + (time.perf_counter() - t_start)
-                    improved = candidates[source] > best["top1"]
+                    improved = candidates[source] > best["value"]
                     if improved:
-                        best = {"top1": candidates[source], "epoch": epoch + 1, "source": source}
-                    rec.update({"best_top1": best["top1"], "best_epoch": best["epoch"], "best_source": best["source"]})
+                        best = {"value": candidates[source], "epoch": epoch + 1, "source": source}
+                    rec.update({f"best_{metric}": best["value"], "best_epoch": best["epoch"], "best_source": best["source"]})
                     log.write(rec)
-                    ema_txt = f"  ema top1 {rec['ema_top1']:.2f}" if ema is not None else ""
+                    ema_txt = f"  ema {metric} {rec['ema_' + metric]:.2f}" if ema is not None else ""
                     print(f"epoch {epoch + 1}/{cfg.epochs}  loss {rec['train_loss']:.4f}  "
-                          f"top1 {rec['val_top1']:.2f}{ema_txt}  lr {rec['lr']:.2e}  "
+                          f"{metric} {rec['val_' + metric]:.2f}{ema_txt}  lr {rec['lr']:.2e}  "
                           f"{rec['train_img_s']:.0f} img/s  {epoch_time:.0f}s", flush=True)
                     summary = rec
                 model.train()
