@@ -17,6 +17,7 @@ _COMMANDS = [
     "ghostnetv3.distill.cli",     # cache-teacher
     "ghostnetv3.deploy.cli",      # export, quantize, bench
     "ghostnetv3.detect.cli",      # detect train|eval|export|bench
+    "ghostnetv3.ablate.cli",      # ablate
 ]
 
 

@@ -111,7 +111,7 @@ def test_config_hash_ignores_where_and_new_default_keys(tmp_path):
 
 def test_tiny_grid_runs_reports_skips_and_refuses_stale(tmp_path, capsys):
     plan_path = write_plan(tmp_path)
-    assert main(["ablate", "-c", str(plan_path)]) == 0
+    assert main(["ablate", "-c", str(plan_path), "--jobs", "2"]) == 0  # both arms at once, 1 thread each
     out = capsys.readouterr().out
     assert "plain-s0: top-1" in out and "rep2-s0: top-1" in out
 

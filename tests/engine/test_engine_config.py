@@ -75,3 +75,40 @@ def test_recipes_load(name):
         assert (cfg.mixup, cfg.cutmix, cfg.aa, cfg.reprob, cfg.model_ema_decay) == (0, 0, None, 0, 0.9998)
     if name == "conventional_imagenet":
         assert (cfg.mixup, cfg.cutmix, cfg.aa, cfg.reprob) == (0.8, 1.0, "rand-m9-mstd0.5-inc1", 0.25)
+
+
+def test_branch_knobs_reach_the_model():
+    from ghostnetv3.engine.train import build_model
+    from ghostnetv3.rep import RepConv2d
+
+    def sites(**keys):
+        model = build_model(load_config(REPO_RECIPES / "fashion_mnist.yaml", **keys), 10, 1)
+        reps = [m for m in model.modules() if isinstance(m, RepConv2d)]
+        return (sum(m.num_conv_branches for m in reps), sum(m.has_scale for m in reps),
+                sum(m.has_identity for m in reps))
+
+    conv3, scale3, ident3 = sites(num_conv_branches=3)
+    assert conv3 > 0 and scale3 > 0 and ident3 > 0
+    assert sites(num_conv_branches=3, scale_branch=False)[1] == 0
+    assert sites(num_conv_branches=3, identity_branch="false")[2] == 0
+    assert sites(num_conv_branches=1)[0] * 3 == conv3
+    with pytest.raises(ValueError, match="scale_branch apply to ghostnetv3"):
+        build_model(load_config(None, model="mobilenetv2_100", scale_branch=False), 10, 1)
+
+
+def test_split_seed_fixes_the_split_across_run_seeds(tmp_path):
+    from PIL import Image
+
+    from ghostnetv3.engine.train import load_datasets
+
+    for c in range(2):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (8, 8), color=20 * i + c).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+
+    def val_images(**keys):
+        cfg = load_config(None, data=str(tmp_path / "data"), img_size=8, val_fraction=0.3, **keys)
+        return sorted(map(bytes, load_datasets(cfg)[1].images.flatten(1).numpy()))
+
+    assert val_images(seed=1, split_seed=0) == val_images(seed=2, split_seed=0) == val_images(seed=0)
+    assert any(val_images(seed=s) != val_images(seed=0) for s in range(1, 6))  # unfixed: the split follows --seed

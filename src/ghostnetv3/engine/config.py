@@ -30,6 +30,8 @@ class TrainConfig:
     init_checkpoint: Optional[str] = None  # weights to start from (any layout models.load_checkpoint reads)
     reset_head: bool = False             # drop the classifier of init_checkpoint (new class count)
     num_conv_branches: Optional[int] = None  # re-parameterization branches; None: the model's default
+    scale_branch: Optional[bool] = None  # the 1x1 "scale" branch of each k x k site; None: on (GhostNetV3 models)
+    identity_branch: Optional[bool] = None  # the BN-only identity branch; None: on (GhostNetV3 models)
     width: Optional[float] = None        # None: the width in the model's name
     stem_stride: Optional[int] = None    # 1 keeps tiny images (28-32 px) from shrinking to 1x1
     drop_rate: Optional[float] = None    # classifier dropout; None: the model's default
@@ -55,6 +57,7 @@ class TrainConfig:
     cutmix: float = 0.0
     mixup_prob: float = 1.0
     val_fraction: float = 0.1            # for datasets without a validation split
+    split_seed: Optional[int] = None     # seed of that split; None: --seed (fix it to compare seeds on one split)
     on_bad_image: str = "fail"           # fail | skip
     train_subset: Optional[int] = None   # use only N training images (seeded) — smoke tests, tuning
     val_subset: Optional[int] = None
@@ -114,6 +117,11 @@ class TrainConfig:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
+
+    @property
+    def data_split_seed(self) -> int:
+        """The seed that draws the train/val split of datasets without an official one."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-able dict (tuples become lists)."""

@@ -26,9 +26,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_size: Optional[int] = None,
                         val_subset: Optional[int] = None, device: Optional[str] = None,
-                        val_set=None) -> dict[str, Any]:
+                        val_set=None, confusion: bool = False) -> dict[str, Any]:
     """Returns {checkpoint, model, data, n, raw, ema (None without EMA), fused, fused_from, fusion_max_diff};
-    raw/ema/fused are {top1, top5, loss, n}."""
+    raw/ema/fused are {top1, top5, loss, n} (fused also `confusion` when asked)."""
     ckpt_path = resolve_checkpoint(path)
     state = ckpt_io.load(ckpt_path)
     if "config" not in state or "state_dict" not in state:
@@ -41,7 +41,7 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if val_set is None:
         from ghostnetv3.data import load_dataset
-        val_set = load_dataset(cfg.data, split="val", seed=cfg.seed, val_fraction=cfg.val_fraction,
+        val_set = load_dataset(cfg.data, split="val", seed=cfg.data_split_seed, val_fraction=cfg.val_fraction,
                                on_bad_image=cfg.on_bad_image, image_size=cfg.img_size)
         val_set = subset(val_set, cfg.val_subset, cfg.seed + 1)
     if len(val_set.classes) != state["num_classes"]:
@@ -64,7 +64,7 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
         out["ema"] = evaluate(src, loader, dev)
     out["fused_from"] = "ema" if out["ema"] is not None else "raw"
     fused = reparameterize(src)
-    out["fused"] = evaluate(fused, loader, dev)
+    out["fused"] = evaluate(fused, loader, dev, confusion=confusion)
     x = next(iter(loader)).images[:16]
     out["fusion_max_diff"] = verify_fusion(src, fused, x)  # per-branch math vs the fused convs
     out["n"] = out["raw"]["n"]

@@ -54,7 +54,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     kwargs: dict[str, Any] = {}
     if cfg.drop_rate is not None:
         kwargs["drop_rate"] = cfg.drop_rate
-    model_knobs = {"num_conv_branches": cfg.num_conv_branches, "width": cfg.width, "stem_stride": cfg.stem_stride}
+    model_knobs = {"num_conv_branches": cfg.num_conv_branches, "width": cfg.width, "stem_stride": cfg.stem_stride,
+                   "scale_branch": cfg.scale_branch, "identity_branch": cfg.identity_branch}
     set_knobs = {k: v for k, v in model_knobs.items() if v is not None}
     if set_knobs and not cfg.model.startswith(OUR_MODELS) and not cfg.repify:
         raise ValueError(f"{', '.join(set_knobs)} apply to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
@@ -66,7 +67,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
             from ghostnetv3.rep import repify
         except ImportError as e:
             raise RuntimeError("--repify needs ghostnetv3.rep.repify, which this install lacks") from e
-        model = repify(model, num_conv_branches=cfg.num_conv_branches or 3)
+        model = repify(model, num_conv_branches=cfg.num_conv_branches or 3,
+                       scale_branch=cfg.scale_branch is not False, identity_branch=cfg.identity_branch is not False)
     if cfg.init_checkpoint:
         from ghostnetv3.models import load_checkpoint
         load_checkpoint(model, cfg.init_checkpoint, use_ema=True, reset_head=cfg.reset_head)
@@ -99,11 +101,14 @@ def autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict[str, float]:
-    """Top-1/top-5 (%) and mean cross-entropy over every image of the loader."""
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none",
+             confusion: bool = False) -> dict[str, Any]:
+    """Top-1/top-5 (%) and mean cross-entropy over every image of the loader; with `confusion`, also
+    the confusion matrix (rows: true class, columns: predicted) as nested lists."""
     model.eval()
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
+    cm = None
     for batch in loader:
         x, y = batch.images, batch.labels.to(device)
         with autocast(device, amp):
@@ -115,9 +120,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none") 
         correct1 += hit[:, 0].sum().item()
         correct5 += hit.any(dim=1).sum().item()
         n += y.numel()
+        if confusion:
+            k = logits.shape[1]
+            counts = torch.bincount(y * k + top[:, 0], minlength=k * k).view(k, k).cpu()
+            cm = counts if cm is None else cm + counts
     if n == 0:
         raise ValueError("the validation set is empty")
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+    out = {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+    if confusion:
+        out["confusion"] = cm.tolist()
+    return out
 
 
 def subset(ds, n: Optional[int], seed: int):
@@ -146,7 +158,7 @@ def load_datasets(cfg: TrainConfig):
     from ghostnetv3.data import load_dataset
     from ghostnetv3.data.stream import choose_data_mode, open_stream_set
 
-    mode, why = choose_data_mode(cfg.data, cfg.data_mode, seed=cfg.seed, val_fraction=cfg.val_fraction,
+    mode, why = choose_data_mode(cfg.data, cfg.data_mode, seed=cfg.data_split_seed, val_fraction=cfg.val_fraction,
                                  limit_gb=cfg.data_memory_limit_gb)
     if why and os.environ.get("RANK", "0") == "0":
         print(why, flush=True)
@@ -154,13 +166,13 @@ def load_datasets(cfg: TrainConfig):
         if cfg.teacher_cache:
             raise ValueError("--teacher-cache replays views of in-memory images; use --data-mode memory, "
                              "or distill online with --teacher")
-        common = dict(seed=cfg.seed, val_fraction=cfg.val_fraction, num_classes=cfg.num_classes)
+        common = dict(seed=cfg.data_split_seed, val_fraction=cfg.val_fraction, num_classes=cfg.num_classes)
         train_set = open_stream_set(cfg.data, "train", num_samples=cfg.train_num_samples, **common)
         val_set = open_stream_set(cfg.data, "val", **common)
         if train_set.iterable:
             return train_set, val_set
         return subset(train_set, cfg.train_subset, cfg.seed), subset(val_set, cfg.val_subset, cfg.seed + 1)
-    common = dict(seed=cfg.seed, val_fraction=cfg.val_fraction, on_bad_image=cfg.on_bad_image,
+    common = dict(seed=cfg.data_split_seed, val_fraction=cfg.val_fraction, on_bad_image=cfg.on_bad_image,
                   image_size=cfg.img_size)
     train_set = load_dataset(cfg.data, split="train", **common)
     val_set = load_dataset(cfg.data, split="val", **common)
@@ -217,7 +229,7 @@ def make_run_dir(cfg: TrainConfig) -> Path:
                                   f"or pick another --experiment")
     else:
         data_name = Path(cfg.data.rstrip("/")).name or cfg.data
-        run_dir = Path(cfg.output) / f"{cfg.model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(cfg.output) / f"{cfg.model.replace('/', '_')}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -441,7 +453,7 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[
         criterion = nn.CrossEntropyLoss()
 
     start_epoch, start_step, global_step = 0, 0, 0
-    best = {"top1": -1.0, "epoch": 0, "source": None}
+    best = {"value": -1.0, "epoch": 0, "source": None}
     loss_sum, loss_count, elapsed = 0.0, 0, 0.0
     parts_sum: dict[str, float] = {}  # KD loss parts (rank 0's), summed over the epoch
     if state is not None:
