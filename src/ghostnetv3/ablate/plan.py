@@ -84,7 +84,11 @@ class Plan:
         """The resolved TrainConfig of one arm x seed (KD paths are filled in by the runner via `extra`)."""
         values = {**self.common, **arm.set, **extra, "seed": seed, "output": str(self.run_root),
                   "experiment": run_name(arm.name, seed)}
-        return load_config(self.recipe, **values)
+        cfg = load_config(self.recipe, **values)
+        # load_config skips None overrides; here `key: null` means "unset the recipe's value"
+        # (e.g. GhostNet-only knobs for a MobileNetV2 arm)
+        unset = {k: None for k, v in values.items() if v is None}
+        return cfg.replace(**unset) if unset else cfg
 
 
 def run_name(arm: str, seed: int) -> str:
