@@ -151,3 +151,13 @@ def test_tiny_grid_runs_reports_skips_and_refuses_stale(tmp_path, capsys):
     write_plan(tmp_path, common=dict(TINY, lr=0.5))
     assert main(["ablate", "-c", str(plan_path)]) == 1
     assert "was run with another config" in capsys.readouterr().err
+
+
+def test_null_in_an_arm_unsets_the_recipe_value(tmp_path):
+    arms = [{"name": "mbv2", "set": {"model": "mobilenetv2_100", "num_conv_branches": None, "stem_stride": None}},
+            {"name": "gn", "set": {}}]
+    plan = load_plan(write_plan(tmp_path, arms=arms))
+    mbv2 = plan.config(plan.arm("mbv2"), 0)
+    assert (mbv2.model, mbv2.num_conv_branches, mbv2.stem_stride) == ("mobilenetv2_100", None, None)
+    gn = plan.config(plan.arm("gn"), 0)  # the recipe's values where the arm says nothing
+    assert (gn.num_conv_branches, gn.stem_stride) == (3, 2)
