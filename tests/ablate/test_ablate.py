@@ -156,7 +156,7 @@ def test_tiny_grid_runs_reports_skips_and_refuses_stale(tmp_path, capsys):
 def test_null_in_an_arm_unsets_the_recipe_value(tmp_path):
     arms = [{"name": "mbv2", "set": {"model": "mobilenetv2_100", "num_conv_branches": None, "stem_stride": None}},
             {"name": "gn", "set": {}}]
-    plan = load_plan(write_plan(tmp_path, arms=arms))
+    plan = load_plan(write_plan(tmp_path, arms=arms, claims=[]))
     mbv2 = plan.config(plan.arm("mbv2"), 0)
     assert (mbv2.model, mbv2.num_conv_branches, mbv2.stem_stride) == ("mobilenetv2_100", None, None)
     gn = plan.config(plan.arm("gn"), 0)  # the recipe's values where the arm says nothing
