@@ -26,7 +26,7 @@ def test_fused_backbone_is_the_same_detector_in_float64():
     fused = fuse_detector(model)
     assert has_branches(model) and not has_branches(fused)
     assert sum(p.numel() for p in fused.parameters()) < sum(p.numel() for p in model.parameters())
-    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert fusion_diff(model, fused, x) < 1e-10
     # the check is able to fail: a changed fused kernel shows up
     conv = next(m for m in fused.backbone.body.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
@@ -64,3 +64,16 @@ def test_plain_backbone_is_one_conv_per_site():
 def test_only_ghostnet_backbones():
     with pytest.raises(ValueError, match="detection backbones are ghostnetv3_\\* / ghostnetv2_\\* models, not 'resnet18'"):
         build_detector("resnet18", 10, 1, image_size=64)
+
+
+def test_backbone_starts_from_a_classification_checkpoint(tmp_path):
+    from ghostnetv3.models import create_model
+
+    torch.manual_seed(5)
+    cls = create_model("ghostnetv3_050", num_classes=10, in_chans=1)
+    torch.save({"state_dict": cls.state_dict(), "state_dict_ema": None}, tmp_path / "cls.pt")
+    det = build_detector("ghostnetv3_050", 3, 1, image_size=64, init_checkpoint=str(tmp_path / "cls.pt"))
+    body = det.backbone.body.state_dict()
+    for k, v in cls.state_dict().items():
+        if k in body and not k.startswith(("classifier", "conv_head")):
+            assert torch.equal(body[k], v), k
