@@ -47,7 +47,7 @@ class KilledAfter(DetectionTask):
 
 def test_killed_detection_run_resumes_exactly(tmp_path, trained_run, det_sets):
     ref = load(trained_run[0] / "last.pt")
-    cfg = det_config(tmp_path, checkpoint_interval=1)
+    cfg = det_config(tmp_path, checkpoint_interval=4)  # saved at global step 4 = epoch 2, step 1
     with pytest.raises(Killed):
         train(cfg, train_set=det_sets[0], val_set=det_sets[1], task=KilledAfter(4))
     assert load(tmp_path / "run" / "last.pt")["global_step"] == 4  # epoch 2, step 1
