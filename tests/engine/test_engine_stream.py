@@ -47,7 +47,7 @@ def folder(tmp_path):
     return write_folder(tmp_path / "imgs")
 
 
-def test_stream_trains_and_writes_checkpoints(tmp_path, folder, capsys):
+def test_stream_trains_and_writes_checkpoints(tmp_path, folder, capsys, monkeypatch):
     cfg = cfg_for(tmp_path, folder, aa="rand-m9-mstd0.5", reprob=0.25, color_jitter=0.4)
     s = train(cfg.replace(epochs=1))
     run = tmp_path / "runs" / "run"
@@ -56,6 +56,16 @@ def test_stream_trains_and_writes_checkpoints(tmp_path, folder, capsys):
     assert last["global_step"] == 36 // 8 and last["classes"] == list(CLASSES)
     assert 0 <= s["val_top1"] <= 100 and np.isfinite(s["train_loss"])
     assert "36 train / 12 val images" in capsys.readouterr().out
+    # `ghostnetv3 eval` reads the run's data the way it trained: streamed, never decoded whole
+    import ghostnetv3.data
+    from ghostnetv3.engine.evaluate import evaluate_checkpoint
+
+    def no_decoding(*a, **k):
+        raise AssertionError("eval decoded the dataset into memory")
+
+    monkeypatch.setattr(ghostnetv3.data, "load_dataset", no_decoding)
+    r = evaluate_checkpoint(run / ckpt_io.LAST)
+    assert r["n"] == 12 and r["fused"]["top1"] == pytest.approx(s["ema_top1"])
 
 
 def test_stream_and_memory_read_the_same_images_labels_and_order(tmp_path, folder):

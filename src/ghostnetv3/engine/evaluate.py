@@ -13,7 +13,7 @@ from ghostnetv3.rep import verify_fusion
 
 from . import checkpoint as ckpt_io
 from .config import from_checkpoint_dict
-from .train import _val_loader, build_model, evaluate, reparameterize, subset
+from .train import _val_loader, build_model, evaluate, load_datasets, reparameterize
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -39,12 +39,9 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
         **{k: v for k, v in dict(data=data, batch_size=batch_size, val_subset=val_subset, device=device).items()
            if v is not None})
     dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if val_set is None:
-        from ghostnetv3.data import load_dataset
-        val_set = load_dataset(cfg.data, split="val", seed=cfg.data_split_seed, val_fraction=cfg.val_fraction,
-                               on_bad_image=cfg.on_bad_image, image_size=cfg.img_size)
-        val_set = subset(val_set, cfg.val_subset, cfg.seed + 1)
-    if len(val_set.classes) != state["num_classes"]:
+    if val_set is None:  # the run's own data path: in memory, or streamed (--data-mode) for big folders
+        val_set = load_datasets(cfg, val_only=True)[1]
+    if getattr(val_set, "classes", None) and len(val_set.classes) != state["num_classes"]:
         raise ValueError(f"{cfg.data} has {len(val_set.classes)} classes but {ckpt_path} was trained "
                          f"for {state['num_classes']}")
     loader = _val_loader(cfg, val_set, state["in_chans"], dev)

@@ -153,8 +153,9 @@ def aug_config(cfg: TrainConfig, in_chans: int, train: bool):
     return AugConfig(**kwargs)
 
 
-def load_datasets(cfg: TrainConfig):
-    """(train, val): ImageSets decoded into memory, or StreamSets read per sample (data_mode)."""
+def load_datasets(cfg: TrainConfig, *, val_only: bool = False):
+    """(train, val): ImageSets decoded into memory, or StreamSets read per sample (data_mode).
+    `val_only`: (None, val) without reading the training split (evaluation)."""
     from ghostnetv3.data import load_dataset
     from ghostnetv3.data.stream import choose_data_mode, open_stream_set
 
@@ -163,20 +164,24 @@ def load_datasets(cfg: TrainConfig):
     if why and os.environ.get("RANK", "0") == "0":
         print(why, flush=True)
     if mode == "stream":
-        if cfg.teacher_cache:
+        if cfg.teacher_cache and not val_only:
             raise ValueError("--teacher-cache replays views of in-memory images; use --data-mode memory, "
                              "or distill online with --teacher")
         common = dict(seed=cfg.data_split_seed, val_fraction=cfg.val_fraction, num_classes=cfg.num_classes)
-        train_set = open_stream_set(cfg.data, "train", num_samples=cfg.train_num_samples, **common)
         val_set = open_stream_set(cfg.data, "val", **common)
+        if val_only:
+            return None, val_set if getattr(val_set, "iterable", False) else subset(val_set, cfg.val_subset,
+                                                                                     cfg.seed + 1)
+        train_set = open_stream_set(cfg.data, "train", num_samples=cfg.train_num_samples, **common)
         if train_set.iterable:
             return train_set, val_set
         return subset(train_set, cfg.train_subset, cfg.seed), subset(val_set, cfg.val_subset, cfg.seed + 1)
     common = dict(seed=cfg.data_split_seed, val_fraction=cfg.val_fraction, on_bad_image=cfg.on_bad_image,
                   image_size=cfg.img_size)
-    train_set = load_dataset(cfg.data, split="train", **common)
-    val_set = load_dataset(cfg.data, split="val", **common)
-    return subset(train_set, cfg.train_subset, cfg.seed), subset(val_set, cfg.val_subset, cfg.seed + 1)
+    val_set = subset(load_dataset(cfg.data, split="val", **common), cfg.val_subset, cfg.seed + 1)
+    if val_only:
+        return None, val_set
+    return subset(load_dataset(cfg.data, split="train", **common), cfg.train_subset, cfg.seed), val_set
 
 
 # --------------------------------------------------------------------------- distributed
