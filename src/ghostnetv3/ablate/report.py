@@ -128,7 +128,7 @@ def to_markdown(s: dict[str, Any]) -> str:
     budget = ", ".join(f"{k}={v}" for k, v in s["budget"].items())
     lines += [f"- plan: `{s['plan']}` on recipe `{s['recipe']}`; budget, the same for every arm: {budget}",
               f"- runs finished: {s['finished_runs']} of {s['planned_runs']} ({s['seeds']} seeds per arm); "
-              f"total training wall time {s['total_train_wall_s'] / 60:.1f} min",
+              f"wall time summed over the finished runs (training + scoring) {s['total_train_wall_s'] / 60:.1f} min",
               f"- machine: {s['machine']}; updated {s['updated']}",
               "- score: the model each run ends with (final epoch, no checkpoint selection), fused; the EMA "
               "weights where the arm uses EMA. Validation set as in the recipe.",
