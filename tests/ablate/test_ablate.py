@@ -67,8 +67,11 @@ def test_verdicts_follow_the_interval():
     assert verdict({"ci": [-2.0, -0.1]}, "higher") == "not reproduced (the opposite)"
     assert verdict({"ci": [-0.5, 2.0]}, "higher").startswith("inconclusive")
     assert verdict({"ci": [-2.0, -0.1]}, "lower") == "reproduced"
-    assert verdict({"ci": [-0.5, 0.5]}, "same").startswith("reproduced")
-    assert verdict({"ci": [0.2, 0.5]}, "same").startswith("not reproduced")
+    assert verdict({"ci": [-0.5, 0.5]}, "same") == "reproduced (within ±1)"
+    assert verdict({"ci": [-19.0, 19.0]}, "same").startswith("inconclusive")  # wide: no evidence of sameness
+    assert verdict({"ci": [-1.5, 1.5]}, "same", margin=2.0).startswith("reproduced")
+    assert verdict({"ci": [0.2, 0.5]}, "same").startswith("reproduced")  # a difference, but inside the margin
+    assert verdict({"ci": [1.2, 2.0]}, "same").startswith("not reproduced")
     assert verdict({"ci": None, "n": 1, "mean": 3.0}, "higher").startswith("inconclusive")
 
 

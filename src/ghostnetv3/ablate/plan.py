@@ -31,7 +31,7 @@ from ghostnetv3.engine.config import TrainConfig, check_keys, load_config, norma
 METRICS = ("top1", "macro_f1", "balanced_acc")
 _PLAN_KEYS = {"name", "recipe", "common", "seeds", "metrics", "teacher", "arms", "output", "results_dir",
               "description", "claims"}
-_CLAIM_KEYS = {"claim", "arm", "ref", "expect"}
+_CLAIM_KEYS = {"claim", "arm", "ref", "expect", "margin"}
 _ARM_KEYS = {"name", "desc", "ref", "set", "kd"}
 _TEACHER_KEYS = {"export", "recipe", "set", "input_size", "views"}
 
@@ -53,6 +53,7 @@ class Claim:
     arm: str
     ref: str
     expect: str = "higher"
+    margin: float = 1.0  # expect: same — the interval must lie within ±margin (metric points)
 
 
 @dataclasses.dataclass
@@ -199,7 +200,8 @@ def load_plan(path: str | Path, *, seeds: Optional[int] = None, output: Optional
                 raise ValueError(f"{p}: claim {i + 1}: {which} {name!r} is not an arm of this plan")
         if c.get("expect", "higher") not in ("higher", "lower", "same"):
             raise ValueError(f"{p}: claim {i + 1}: expect must be higher, lower or same")
-        claims.append(Claim(claim=str(c.get("claim", "")), arm=arm, ref=ref, expect=c.get("expect", "higher")))
+        claims.append(Claim(claim=str(c.get("claim", "")), arm=arm, ref=ref, expect=c.get("expect", "higher"),
+                            margin=float(c.get("margin", 1.0))))
     plan = Plan(name=str(raw["name"]), recipe=recipe, common=common, arms=arms,
                 seeds=int(seeds if seeds is not None else raw.get("seeds", 3)), metrics=metrics, teacher=teacher,
                 output=output or raw.get("output", "runs/ablation"),

@@ -44,14 +44,19 @@ def paired_diff(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     return {"n": len(d), "mean": m, "ci": [m - half, m + half]}
 
 
-def verdict(diff: dict[str, Any], expect: str) -> str:
-    """reproduced: the 95% interval lies on the expected side of 0 (for `same`: it contains 0);
-    not reproduced: it lies on the other side (for `same`: it excludes 0); else inconclusive."""
+def verdict(diff: dict[str, Any], expect: str, margin: float = 1.0) -> str:
+    """reproduced: the 95% interval lies on the expected side of 0 (for `same`: inside ±margin, an
+    equivalence test); not reproduced: it lies on the other side (for `same`: it excludes 0); else
+    inconclusive."""
     if not diff or diff.get("ci") is None:
         return "inconclusive (fewer than 2 seeds)"
     lo, hi = diff["ci"]
     if expect == "same":
-        return "reproduced (no difference shown)" if lo <= 0 <= hi else "not reproduced (they differ)"
+        if -margin <= lo and hi <= margin:
+            return f"reproduced (within ±{margin:g})"
+        if lo > 0 or hi < 0:
+            return "not reproduced (they differ)"
+        return f"inconclusive (interval wider than ±{margin:g})"
     if lo > 0:
         return "reproduced" if expect == "higher" else "not reproduced (the opposite)"
     if hi < 0:
@@ -77,11 +82,11 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
         arms_out.append(entry)
     claims = []
     for c in plan.claims:
-        entry = {"claim": c.claim, "arm": c.arm, "ref": c.ref, "expect": c.expect}
+        entry = {"claim": c.claim, "arm": c.arm, "ref": c.ref, "expect": c.expect, "margin": c.margin}
         for m in plan.metrics:
             d = paired_diff({r["seed"]: r[m] for r in by_arm.get(c.arm, [])},
                             {r["seed"]: r[m] for r in by_arm.get(c.ref, [])})
-            entry[m] = {"diff": d, "verdict": verdict(d, c.expect)}
+            entry[m] = {"diff": d, "verdict": verdict(d, c.expect, c.margin)}
         claims.append(entry)
     all_walls = [r.get("harness_wall_s") or 0.0 for runs in by_arm.values() for r in runs]
     teacher = results.get("teacher")
