@@ -14,7 +14,7 @@ import sys
 
 
 def add_parser(subparsers) -> None:
-    from ghostnetv3.engine.cli import _KeyParser, add_config_flags
+    from ghostnetv3.engine.cli import add_train_parser
 
     det = subparsers.add_parser("detect", help="object detection with a GhostNet backbone (FCOS + FPN)",
                                 description="Train, evaluate, export and time an FCOS detector whose backbone "
@@ -22,15 +22,10 @@ def add_parser(subparsers) -> None:
     sub = det.add_subparsers(dest="detect_command", metavar="SUBCOMMAND")
     det.set_defaults(func=lambda args: (det.print_help(), 2)[1])
 
-    t = sub.add_parser("train", help="train a detector from a YAML recipe with --key value overrides",
-                       description="The same recipe keys and engine as `ghostnetv3 train` (EMA, schedules, "
-                                   "checkpoints, exact --resume, torchrun DDP); --data is 'fashion-detect' "
-                                   "(bundled) or a COCO folder (instances.json + images).",
-                       allow_abbrev=False)
-    t.__class__ = _KeyParser
-    t.add_argument("-c", "--config", dest="recipe", metavar="RECIPE", help="YAML recipe")
-    add_config_flags(t)
-    t.set_defaults(func=_cmd_train)
+    add_train_parser(sub, "train", _cmd_train, help="train a detector from a YAML recipe with --key value overrides",
+                     description="The same recipe keys and engine as `ghostnetv3 train` (EMA, schedules, "
+                                 "checkpoints, exact --resume, torchrun DDP); --data is 'fashion-detect' "
+                                 "(bundled) or a COCO folder (instances.json + images).")
 
     e = sub.add_parser("eval", help="COCO mAP@[.5:.95] and mAP@.5: raw, EMA, fused")
     e.add_argument("run_dir", metavar="RUN_DIR")

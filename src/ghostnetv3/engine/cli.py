@@ -40,17 +40,23 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
         p.add_argument(*([flag] + ([f"--{f.name}"] if "_" in f.name else [])), **kwargs)
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="train a model from a YAML recipe with --key value overrides",
-        description="Train from a recipe (-c recipes/NAME.yaml); any recipe key can be overridden as "
-                    "--key value (dashes or underscores). --batch-size is the GLOBAL batch: under "
-                    "torchrun each of N processes takes batch_size/N. --resume RUN_DIR continues a run exactly.",
-        allow_abbrev=False)
+def add_train_parser(subparsers, name: str, func, **parser_kwargs) -> argparse.ArgumentParser:
+    """A `-c RECIPE [--key value ...]` sub-command (train, detect train): every recipe key is a flag,
+    and an unknown flag names the nearest key."""
+    p = subparsers.add_parser(name, allow_abbrev=False, **parser_kwargs)
     p.__class__ = _KeyParser
     p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE", help="YAML recipe")
     add_config_flags(p)
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=func)
+    return p
+
+
+def add_parser(subparsers) -> None:
+    add_train_parser(
+        subparsers, "train", _cmd_train, help="train a model from a YAML recipe with --key value overrides",
+        description="Train from a recipe (-c recipes/NAME.yaml); any recipe key can be overridden as "
+                    "--key value (dashes or underscores). --batch-size is the GLOBAL batch: under "
+                    "torchrun each of N processes takes batch_size/N. --resume RUN_DIR continues a run exactly.")
 
     e = subparsers.add_parser("eval", help="top-1/top-5 of a run: raw, EMA and fused EMA weights")
     e.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
