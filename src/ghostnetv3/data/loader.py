@@ -23,6 +23,21 @@ from .datasets import ImageSet
 __all__ = ["Batch", "InMemoryLoader", "make_loaders"]
 
 
+def shard_order(n: int, epoch: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                drop_last: bool = True) -> Tensor:
+    """This rank's sample indices for an epoch (every loader's order): a seeded permutation per epoch,
+    strided over ranks as DistributedSampler, padded with its head so every rank gets the same count."""
+    num = n // world_size if drop_last else math.ceil(n / world_size)
+    if num == 0:
+        raise ValueError(f"{n} samples are fewer than world_size={world_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch)) if shuffle \
+        else torch.arange(n)
+    total = num * world_size
+    if total > n:
+        perm = torch.cat([perm, perm.repeat(math.ceil(total / n))[: total - n]])
+    return perm[:total][rank::world_size]
+
+
 class Batch(NamedTuple):
     images: Tensor  # float32 [B, in_chans, H, W], normalized
     labels: Tensor  # int64 [B]
@@ -79,17 +94,8 @@ class InMemoryLoader:
 
     def rank_indices(self, epoch: int | None = None) -> Tensor:
         """This rank's sample indices for an epoch, in iteration order."""
-        epoch = self.epoch if epoch is None else epoch
-        n = len(self.ds)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
-            perm = torch.randperm(n, generator=g)
-        else:
-            perm = torch.arange(n)
-        total = self.num_samples * self.world_size
-        if total > n:  # pad by repeating the head so every rank gets the same count
-            perm = torch.cat([perm, perm.repeat(math.ceil(total / n))[: total - n]])
-        return perm[:total][self.rank::self.world_size]
+        return shard_order(len(self.ds), self.epoch if epoch is None else epoch, seed=self.seed, rank=self.rank,
+                           world_size=self.world_size, shuffle=self.shuffle, drop_last=self.drop_last)
 
     def _batch(self, idx: Tensor, epoch: int) -> Batch:
         if self.view_fn is not None:

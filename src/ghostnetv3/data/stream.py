@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .datasets import IMG_EXTENSIONS, _class_folders, _decode_image, _to_uint8, stratified_split
-from .loader import Batch
+from .loader import Batch, shard_order
 
 __all__ = ["FACTORY_PREFIXES", "ITERABLE_PREFIXES", "StreamSet", "IterableStreamSet", "PerSampleLoader",
            "IterableLoader", "SeededTransformDataset", "choose_data_mode", "open_stream_set", "shard_order",
@@ -347,21 +347,6 @@ def _collate(items):
         return None, None, None, bad
     return (torch.stack([it[0] for it in good]), torch.tensor([it[1] for it in good], dtype=torch.int64),
             torch.tensor([it[2] for it in good], dtype=torch.int64), bad)
-
-
-def shard_order(n: int, epoch: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                drop_last: bool = True) -> Tensor:
-    """This rank's sample indices for an epoch: InMemoryLoader.rank_indices for a set of n samples
-    (a seeded permutation per epoch, strided over ranks as DistributedSampler, padded with its head)."""
-    num = n // world_size if drop_last else math.ceil(n / world_size)
-    if num == 0:
-        raise ValueError(f"{n} samples are fewer than world_size={world_size}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch)) if shuffle \
-        else torch.arange(n)
-    total = num * world_size
-    if total > n:
-        perm = torch.cat([perm, perm.repeat(math.ceil(total / n))[: total - n]])
-    return perm[:total][rank::world_size]
 
 
 class PerSampleLoader:
