@@ -68,7 +68,8 @@ def _count(model: nn.Module, input_size: Sequence[int]) -> tuple[int, Optional[i
 def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes: Sequence[int] = (1, 32),
           threads: Optional[int] = None, repeats: int = 30, warmup: int = 5,
           calib_data: Optional[str] = None, calib_size: int = 64, int8: bool = True,
-          train_form: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+          train_form: bool = False, log: Callable[[str], None] = print,
+          weights: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, Any]:
     """Benchmark MODEL_NAME | RUN_DIR | CHECKPOINT. INT8 is calibrated on `calib_data` (its
     train split) when given, else on random normal images (fine for latency, not for accuracy)."""
     from ghostnetv3.deploy.export import export_onnx, onnx_session, verify_export
@@ -79,7 +80,7 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
     threads = int(threads or torch.get_num_threads())
     if any(b < 1 for b in batch_sizes) or repeats < 1:
         raise ValueError("batch sizes and --repeats must be positive")
-    model, cfg = load_for_deploy(spec)
+    model, cfg = load_for_deploy(spec, weights=weights, checkpoint=checkpoint)
     if input_size:
         if len(input_size) != 3:
             raise ValueError(f"--input-size is C H W, got {list(input_size)}")
@@ -92,6 +93,7 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
     p_fused, m_fused = _count(fused, input_size)
     result: dict[str, Any] = {
         "model": cfg["model"], "source": str(spec), "weights": cfg.get("weights"),
+        "weights_from": cfg.get("weights_from"),
         "input_size": list(input_size), "batch_sizes": list(batch_sizes), "repeats": repeats,
         "warmup": warmup, "machine": machine_info(threads),
         "params": {"train_form": p_train, "fused": p_fused},
@@ -146,7 +148,7 @@ def _fmt_count(n: Optional[int], unit: str) -> str:
 
 
 def format_table(r: dict[str, Any]) -> str:
-    lines = [f"{r['model']} ({r['weights']}) at {'x'.join(map(str, r['input_size']))}, "
+    lines = [f"{r['model']} ({r.get('weights_from') or r['weights']}) at {'x'.join(map(str, r['input_size']))}, "
              f"threads: {r['machine']['threads']}",
              f"params: train form {_fmt_count(r['params']['train_form'], '')}, fused "
              f"{_fmt_count(r['params']['fused'], '')}; MACs: train form "

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ghostnetv3.models.weights import add_weights_flags
+
 
 def _input_size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
@@ -17,7 +19,9 @@ def _input_size(p: argparse.ArgumentParser) -> None:
 
 
 def _write_json(path: str | None, obj) -> None:
-    if path:
+    if path == "-":  # bare --json: the table was not printed, JSON on stdout is the report
+        print(json.dumps(obj, indent=2))
+    elif path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(obj, indent=2) + "\n")
         print(f"wrote {path}")
@@ -38,6 +42,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - PyTorch| allowed")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    add_weights_flags(p)
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
@@ -61,7 +66,9 @@ def add_parser(subparsers) -> None:
                    help="one weight scale per output channel (default on)")
     p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
                    help="uint8 (U8S8, the fast kernels on x86; default) or int8 (S8S8)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="bare --json: print the report as JSON instead of the table; --json FILE: also write it")
+    add_weights_flags(p)
     p.set_defaults(func=run_quantize)
 
     p = subparsers.add_parser(
@@ -79,7 +86,9 @@ def add_parser(subparsers) -> None:
                    help="calibrate INT8 on this dataset (default: random images; latency only)")
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 backend")
     p.add_argument("--train-form", action="store_true", help="also time the unfused model in eager")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="bare --json: print the report as JSON instead of the table; --json FILE: also write it")
+    add_weights_flags(p)
     p.set_defaults(func=run_bench)
 
 
@@ -87,11 +96,13 @@ def run_export(args) -> int:
     from ghostnetv3.deploy.export import ExportMismatchError, export_model
     from ghostnetv3.deploy.load import load_for_deploy
     model, cfg = load_for_deploy(args.source, model=args.model, num_classes=args.num_classes,
-                                 in_chans=args.input_size[0] if args.input_size else None)
+                                 in_chans=args.input_size[0] if args.input_size else None,
+                                 weights=args.weights, checkpoint=args.run_checkpoint)
     size = args.input_size or (cfg["in_chans"], cfg["img_size"], cfg["img_size"])
     if args.input_size:
         cfg["in_chans"], cfg["img_size"] = size[0], size[1]
-    print(f"{cfg['model']} ({cfg['weights']} weights) -> {args.format} at {'x'.join(map(str, size))}")
+    weights = cfg.get("weights_from") or f"{cfg['weights']} weights"
+    print(f"{cfg['model']} ({weights}) -> {args.format} at {'x'.join(map(str, size))}")
     try:
         report = export_model(model, args.output, args.format, size, dynamic_batch=args.dynamic_batch,
                               opset=args.opset, tolerance=args.tolerance, cfg=cfg)
@@ -111,9 +122,10 @@ def run_quantize(args) -> int:
                       eval_split=args.eval_split, eval_size=args.eval_size, output=args.output,
                       input_size=args.input_size, per_channel=args.per_channel,
                       calib_method=args.calib_method, activation_type=args.activation_type,
-                      evaluate=not args.no_eval)
-    print(format_report(report))
-    print(json.dumps(report, indent=2))
+                      evaluate=not args.no_eval, weights=args.weights, checkpoint=args.run_checkpoint,
+                      log=print if args.json != "-" else (lambda m: None))
+    if args.json != "-":
+        print(format_report(report))
     _write_json(args.json, report)
     return 0
 
@@ -126,8 +138,10 @@ def run_bench(args) -> int:
         raise ValueError(f"--batch-sizes: expected comma-separated integers, got '{args.batch_sizes}'") from None
     result = bench(args.source, input_size=args.input_size, batch_sizes=sizes, threads=args.threads,
                    repeats=args.repeats, warmup=args.warmup, calib_data=args.calib_data,
-                   int8=not args.no_int8, train_form=args.train_form)
-    print(format_table(result))
-    print(json.dumps(result, indent=2))
+                   int8=not args.no_int8, train_form=args.train_form,
+                   weights=args.weights, checkpoint=args.run_checkpoint,
+                   log=print if args.json != "-" else (lambda m: None))
+    if args.json != "-":
+        print(format_table(result))
     _write_json(args.json, result)
     return 0

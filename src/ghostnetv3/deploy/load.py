@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 import yaml
 
+from ghostnetv3.models.weights import pick_weights, resolve_run_checkpoint
+
 __all__ = ["load_for_deploy", "read_state_dict", "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
-# The run directory files in order of preference: the best validation epoch, else the latest.
-_RUN_CHECKPOINTS = ("best.pt", "last.pt")
 # Model keys of config.yaml that change the architecture (passed to create_model when set).
 _ARCH_KEYS = ("width", "num_conv_branches", "stem_stride", "drop_rate")
 # Where a checkpoint dict keeps its weights; EMA first (the paper's reported numbers are EMA's).
@@ -144,11 +144,13 @@ def _is_model_name(name: str) -> bool:
 
 def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
                     num_classes: Optional[int] = None, in_chans: Optional[int] = None,
-                    img_size: Optional[int] = None) -> tuple[nn.Module, dict[str, Any]]:
+                    img_size: Optional[int] = None, weights: Optional[str] = None,
+                    checkpoint: Optional[str] = None) -> tuple[nn.Module, dict[str, Any]]:
     """RUN_DIR | CHECKPOINT (+ model) | MODEL_NAME -> (eval-mode model, config dict).
 
-    Weights: EMA when the checkpoint has them, unless it records `best_source: raw` (the run
-    found its raw weights better on validation). A run directory means best.pt, else last.pt.
+    Weights: ghostnetv3.models.weights' rule (the one `eval` uses): best.pt (else last.pt) and the
+    weights its validation picked, else EMA when there is EMA; `weights` raw|ema and `checkpoint`
+    best|last choose instead. cfg['weights_from'] says which, in words.
 
     The config dict always has model, num_classes, in_chans, img_size, weights ('ema' | 'raw' |
     'plain' | 'random'), source; and, when known, data, mean, std and the architecture keys.
@@ -162,15 +164,13 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         cfg_file = path / "config.yaml"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path} is not a run directory: no config.yaml in it")
-        ckpt_path = next((path / n for n in _RUN_CHECKPOINTS if (path / n).is_file()), None)
-        if ckpt_path is None:
-            raise FileNotFoundError(f"{path} holds no {' or '.join(_RUN_CHECKPOINTS)}: "
-                                    f"has the run saved a checkpoint yet?")
+        ckpt_path = resolve_run_checkpoint(path, checkpoint)[0]
         stored = _stored_config(ckpt_path)
         cfg = {**stored, **{k: v for k, v in (yaml.safe_load(cfg_file.read_text()) or {}).items()
                             if v is not None or k not in stored}}
         cfg["from_run"] = True
     elif path.is_file():
+        resolve_run_checkpoint(path, checkpoint)  # --checkpoint best|last on a file is an error
         if path.suffix == ".onnx":
             raise ValueError(f"{path} is already an ONNX model; this command needs a run directory, "
                              f"a PyTorch checkpoint or a model name")
@@ -192,7 +192,8 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         raise ValueError(f"{spec_str}: which architecture? pass --model NAME (no config.yaml next to it)")
     # EMA weights unless the run's own validation picked the raw ones (a short run's EMA can
     # still be near its random start).
-    use_ema = cfg.get("best_source") != "raw"
+    choice = pick_weights(ckpt_path, weights=weights) if ckpt_path else None
+    use_ema = choice is not None and choice.use_ema
     sd, weights = (read_state_dict(ckpt_path, use_ema) if ckpt_path else ({}, "random"))
     inferred = _infer_from_weights(sd)
     for key, value, default in (("num_classes", num_classes, 1000), ("in_chans", in_chans, 3),
@@ -207,4 +208,6 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         _load_weights(net, ckpt_path, sd, use_ema)
     cfg.pop("from_run", None)
     cfg.update(weights=weights, source=spec_str)
+    if choice is not None:
+        cfg["weights_from"] = choice.describe()
     return net.eval(), cfg

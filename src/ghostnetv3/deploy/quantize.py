@@ -181,7 +181,8 @@ def quantize(source: str | os.PathLike, calib_data: Optional[str], *, calib_size
              calib_split: str = "train", eval_split: str = "val", output: Optional[str] = None,
              input_size: Optional[tuple[int, int, int]] = None, per_channel: bool = True,
              calib_method: str = "percentile", activation_type: str = "uint8", batch_size: int = 64,
-             seed: int = 0, evaluate: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+             seed: int = 0, evaluate: bool = True, log: Callable[[str], None] = print,
+             weights: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, Any]:
     """RUN_DIR | CHECKPOINT | MODEL.onnx -> INT8 ONNX, plus fp32 vs INT8 top-1 on `eval_data`.
 
     A run directory or checkpoint is fused and exported to fp32 ONNX first (next to the INT8
@@ -207,7 +208,8 @@ def quantize(source: str | os.PathLike, calib_data: Optional[str], *, calib_size
     else:
         from ghostnetv3.deploy.export import export_model
         from ghostnetv3.deploy.load import load_for_deploy
-        model, cfg = load_for_deploy(str(source))
+        model, cfg = load_for_deploy(str(source), weights=weights, checkpoint=checkpoint)
+        log(f"{cfg['model']}: {cfg.get('weights_from', cfg['weights'] + ' weights')}")
         if input_size:
             cfg["in_chans"], cfg["img_size"] = int(input_size[0]), int(input_size[1])
         out_dir = (Path(output).parent if output else

@@ -3,49 +3,175 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import os
 import sys
+from pathlib import Path
 
+import yaml
+
+from ghostnetv3.models.weights import add_weights_flags
+
+from . import checkpoint as ckpt_io
 from . import config as C
+from . import flags as F
+
+
+def _suggest(flag: str, options: list[str]) -> str | None:
+    """The option a mistyped flag most likely meant: same words in another order first, then spelling."""
+    words = set(flag.lstrip("-").replace("_", "-").split("-"))
+    longs = [o for o in options if o.startswith("--")]
+    same = [o for o in longs if set(o[2:].split("-")) == words]
+    if same:
+        return same[0]
+    near = difflib.get_close_matches(flag.replace("_", "-"), longs, n=1, cutoff=0.6)
+    return near[0] if near else None
 
 
 class _KeyParser(argparse.ArgumentParser):
-    """Unknown --flags are an error naming the nearest recipe key (argparse only says 'unrecognized')."""
+    """Unknown --flags are an error naming the nearest flag (argparse only says 'unrecognized'), and
+    `--help` after `-c RECIPE` shows the recipe's values as the defaults."""
 
     def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        if "-h" in args or "--help" in args:
+            self._show_recipe_defaults(args)
         ns, extras = super().parse_known_args(args, namespace)
-        flags = [a for a in extras if a.startswith("--")]
+        flags = [a for a in extras if a.startswith("-")]
         if flags:
-            try:
-                C.check_keys([flags[0].split("=", 1)[0]])
-            except ValueError as e:
-                self.error(str(e))
+            flag = flags[0].split("=", 1)[0]
+            options = [o for a in self._actions for o in a.option_strings]
+            near = _suggest(flag, options)
+            self.error(f"unknown flag {flag}" + (f"; did you mean {near}?" if near else
+                                                  f"; see `{self.prog} --help`"))
         if extras:
             self.error(f"unexpected argument {extras[0]!r}: recipe keys are given as --key value")
         return ns, extras
 
+    def error(self, message):
+        # one line, no usage block: with ~80 flags it would bury the message
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
-def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One --flag per recipe key (dashes or underscores), each defaulting to 'not given'."""
-    for f in dataclasses.fields(C.TrainConfig):
-        if f.name in skip:
-            continue
+    def _show_recipe_defaults(self, args: list[str]) -> None:
+        recipe = None
+        for i, a in enumerate(args):
+            if a in ("-c", "--config") and i + 1 < len(args):
+                recipe = args[i + 1]
+            elif a.startswith("--config="):
+                recipe = a.split("=", 1)[1]
+        if not recipe or not Path(recipe).is_file():
+            return
+        values = {C.normalize_key(k): v for k, v in (yaml.safe_load(Path(recipe).read_text()) or {}).items()}
+        for action in self._actions:
+            key = action.dest[4:] if action.dest.startswith("key_") else None
+            if key in values and action.help:
+                action.help = action.help.rsplit(" (default:", 1)[0] + f" (recipe: {values[key]!r})"
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return f" (default: {f.default!r})"
+    return ""
+
+
+def _parse_input_size(values: list[str]) -> tuple[int | None, int]:
+    """timm's --input-size C H W (or H W, or S) -> (in_chans or None, img_size); only square images."""
+    try:
+        v = [int(x) for x in values]
+    except ValueError:
+        raise ValueError(f"--input-size: expected numbers (C H W), got {' '.join(values)}") from None
+    if len(v) not in (1, 2, 3):
+        raise ValueError(f"--input-size takes C H W (or H W, or S), got {len(v)} numbers")
+    c, hw = (v[0], v[1:]) if len(v) == 3 else (None, v)
+    if len(hw) == 2 and hw[0] != hw[1]:
+        raise ValueError(f"--input-size {' '.join(values)}: only square images are trained (H == W); "
+                         f"use --img-size {max(hw)}")
+    return c, hw[0]
+
+
+class _InputSize(argparse.Action):
+    def __call__(self, parser, ns, values, option_string=None):
+        try:
+            c, s = _parse_input_size(values)
+        except ValueError as e:
+            parser.error(str(e))
+        if c is not None:
+            ns.key_in_chans = str(c)
+        ns.key_img_size = str(s)
+
+
+def _metavar(name: str) -> str:
+    base = C._base_type(C._HINTS[name])[0]
+    return {int: "N", float: "X"}.get(base, "NAME" if name in ("model", "teacher", "opt", "sched") else "V")
+
+
+def _bare_amp() -> str:
+    import torch
+    return "fp16" if torch.cuda.is_available() else "bf16"
+
+
+def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), keys: tuple[str, ...] | None = None,
+                     aliases: bool = True) -> None:
+    """One --flag per recipe key (dashes or underscores), each defaulting to 'not given', in groups (data,
+    model, optimisation, EMA, KD, run) with one line of help; timm's spellings as aliases.
+    `keys`: only these (e.g. cache-teacher, which does not train)."""
+    fields = [f for f in dataclasses.fields(C.TrainConfig)
+              if f.name not in skip and (keys is None or f.name in keys)]
+    groups = {g: p.add_argument_group(g) for g in F.group_order() if any(F.group_of(f.name) == g for f in fields)}
+    alias_of: dict[str, list[str]] = {}
+    if aliases:
+        for alias, key in F.ALIASES.items():
+            alias_of.setdefault(key, []).append(alias)
+    for f in fields:
+        g = groups[F.group_of(f.name)]
         flag = "--" + f.name.replace("_", "-")
-        kwargs = dict(dest=f"key_{f.name}", default=argparse.SUPPRESS, metavar="V",
-                      help=f"(default: {f.default!r})" if f.default is not dataclasses.MISSING else None)
+        names = [flag] + alias_of.get(f.name, [])
+        help_ = F.help_text(f.name)
+        kwargs = dict(dest=f"key_{f.name}", default=argparse.SUPPRESS, metavar=_metavar(f.name))
+        if f.name in F.CHOICES:
+            kwargs.update(choices=F.CHOICES[f.name], metavar="{" + ",".join(F.CHOICES[f.name]) + "}")
         if C.is_bool(f.name):
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         elif C.is_sequence(f.name):
             kwargs.update(nargs="+")
-        p.add_argument(*([flag] + ([f"--{f.name}"] if "_" in f.name else [])), **kwargs)
+        if f.name == "amp" and aliases:  # timm's bare --amp: mixed precision on
+            kwargs.update(nargs="?", const=_bare_amp())
+            help_ += "; bare --amp: fp16 on CUDA, bf16 on CPU"
+        g.add_argument(*names, help=help_ + _default_text(f), **kwargs)
+        if "_" in f.name:  # --key_name works too, without doubling the help
+            g.add_argument(f"--{f.name}", help=argparse.SUPPRESS, **kwargs)
+        if f.name == "model_ema" and aliases:
+            g.add_argument("--no-model-ema", dest="key_model_ema", action="store_const", const="false",
+                           default=argparse.SUPPRESS, help="timm's spelling of --model-ema false")
+        if f.name == "img_size" and aliases and (keys is None or "in_chans" in keys):
+            g.add_argument("--input-size", nargs="+", action=_InputSize, metavar="N", default=argparse.SUPPRESS,
+                           help="timm's C H W (or H W, or S): sets --in-chans and --img-size (square only)")
+
+
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity), shared among torchrun's local processes;
+    OMP_NUM_THREADS wins when set (e.g. by `ghostnetv3 ablate --threads`)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def add_train_parser(subparsers, name: str, func, **parser_kwargs) -> argparse.ArgumentParser:
     """A `-c RECIPE [--key value ...]` sub-command (train, detect train): every recipe key is a flag,
-    and an unknown flag names the nearest key."""
+    and an unknown flag names the nearest one."""
     p = subparsers.add_parser(name, allow_abbrev=False, **parser_kwargs)
     p.__class__ = _KeyParser
-    p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE", help="YAML recipe")
+    p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE",
+                   help="YAML recipe (recipes/*.yaml); with --help, shows the recipe's values")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads (default: OMP_NUM_THREADS if set, else the cores this process "
+                        "may use, divided among torchrun's local processes)")
     add_config_flags(p)
     p.set_defaults(func=func)
     return p
@@ -55,15 +181,24 @@ def add_parser(subparsers) -> None:
     add_train_parser(
         subparsers, "train", _cmd_train, help="train a model from a YAML recipe with --key value overrides",
         description="Train from a recipe (-c recipes/NAME.yaml); any recipe key can be overridden as "
-                    "--key value (dashes or underscores). --batch-size is the GLOBAL batch: under "
-                    "torchrun each of N processes takes batch_size/N. --resume RUN_DIR continues a run exactly.")
+                    "--key value (dashes or underscores); timm's spellings (-b, -j, --amp, --drop, --input-size, "
+                    "--initial-checkpoint, --data-dir, --crop-pct, --no-model-ema) work too. --batch-size is the "
+                    "GLOBAL batch: under torchrun each of N processes takes batch_size/N. --resume RUN_DIR (or its "
+                    "last.pt) continues a run exactly.",
+        epilog="`ghostnetv3 train -c RECIPE --help` shows that recipe's values as the defaults.")
 
-    e = subparsers.add_parser("eval", help="top-1/top-5 of a run: raw, EMA and fused EMA weights")
+    e = subparsers.add_parser("eval", help="top-1/top-5 of a run: raw, EMA and the fused (shipped) weights",
+                              description="Score a run's raw and EMA weights and the fused model that "
+                                          "`export` and `predict` use (same --weights/--checkpoint rule).")
     e.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     e.add_argument("--data", help="dataset name or path (default: the run's)")
     e.add_argument("--batch-size", type=int)
-    e.add_argument("--val-subset", type=int, help="evaluate only N images (seeded)")
+    e.add_argument("--val-subset", metavar="N|all",
+                   help="score N images (seeded), or 'all' (also 0) for the whole validation split "
+                        "(default: the run's own validation set)")
     e.add_argument("--device")
+    add_weights_flags(e)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.set_defaults(func=_cmd_eval)
 
@@ -76,9 +211,10 @@ def add_parser(subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("key_")}
     overrides = {k: (v if not isinstance(v, list) else v if len(v) > 1 else v[0]) for k, v in overrides.items()}
+    if overrides.get("resume"):
+        _check_resumable(overrides["resume"])
     if args.recipe is None and overrides.get("resume"):
         # no recipe: continue with the run's own config
-        from . import checkpoint as ckpt_io
         saved = ckpt_io.load(ckpt_io.find_checkpoint(overrides["resume"])).get("config")
         if saved is None:
             raise ValueError(f"{overrides['resume']} holds no training config; pass the recipe with -c")
@@ -88,25 +224,97 @@ def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
     return C.load_config(args.recipe, **overrides)
 
 
+def _check_resumable(resume: str) -> None:
+    """--resume takes a run directory or its last.pt (timm's habit: a checkpoint file); best.pt holds
+    weights only, so point at what can continue."""
+    p = Path(resume)
+    if p.is_file() and p.name == ckpt_io.BEST:
+        hint = (f"--resume {p.parent}" if (p.parent / ckpt_io.LAST).is_file()
+                else f"--init-checkpoint {p} to start a new run from these weights")
+        raise ValueError(f"{p} holds weights only (no optimizer state to continue from); use {hint}")
+
+
+def finished_run(cfg: C.TrainConfig) -> dict | None:
+    """The last checkpoint of --resume when it already ends at --epochs (nothing left to train)."""
+    if not cfg.resume:
+        return None
+    state = ckpt_io.load(ckpt_io.find_checkpoint(cfg.resume))
+    if state.get("step", 0) == 0 and state.get("epoch", 0) >= cfg.epochs:
+        return state
+    return None
+
+
+def _check_device(cfg: C.TrainConfig) -> None:
+    """Errors the loop would only meet at its first step, after the run directory exists."""
+    import torch
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.amp == "fp16" and not str(device).startswith("cuda"):
+        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+
+
+def format_summary(summary: dict, metric: str = "top1") -> str:
+    """The few lines a person reads at the end of a run: the best score, where the files are, what next."""
+    run = summary.get("run_dir", "RUN_DIR")
+    best, epoch, src = summary.get(f"best_{metric}"), summary.get("best_epoch"), summary.get("best_source")
+    lines = []
+    if best is not None:
+        label = {"ema": "EMA", "raw": "raw"}.get(src, src)
+        elapsed = summary.get("elapsed_s")
+        took = ""
+        if isinstance(elapsed, (int, float)):
+            took = f" in {elapsed / 60:.1f} min" if elapsed >= 60 else f" in {elapsed:.0f} s"
+        lines.append(f"done: best {metric} {best:.2f} at epoch {epoch} ({label} weights, fused){took}")
+    files = [n for n in (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.yaml") if (Path(run) / n).exists()]
+    lines.append(f"files: {run}/ {{{', '.join(files)}}}")
+    lines.append(f"next: ghostnetv3 eval {run}  |  ghostnetv3 predict {run} IMAGE  |  "
+                 f"ghostnetv3 export {run} -o model.onnx  |  ghostnetv3 plot {run}")
+    return "\n".join(lines)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from .train import TrainingInterrupted, train
 
     cfg = config_from_args(args)
+    _check_device(cfg)
+    done = finished_run(cfg)
+    if done is not None:
+        run = ckpt_io.find_checkpoint(cfg.resume).parent
+        print(f"{run} is finished: it trained all {done['epoch']} of {cfg.epochs} epochs; nothing to train. "
+              f"To train longer: ghostnetv3 train --resume {run} --epochs N (N > {done['epoch']})")
+        return 0
+    threads = args.threads or default_threads()
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"threads: {threads} per process ({'--threads' if args.threads else default_threads_why()})",
+              flush=True)
     try:
         summary = train(cfg)
     except TrainingInterrupted as e:
         print(f"ghostnetv3 train: {e}", file=sys.stderr)
         return 128 + e.signum
     if summary:
+        print(format_summary(summary))
         print(json.dumps(summary))
     return 0
 
 
+def default_threads_why() -> str:
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return "from OMP_NUM_THREADS"
+    return "the cores this process may use; --threads N to change"
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_checkpoint, format_report
+    from .evaluate import evaluate_checkpoint, format_report, parse_val_subset
 
     r = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
-                            val_subset=args.val_subset, device=args.device)
+                            val_subset=parse_val_subset(args.val_subset), device=args.device,
+                            weights=args.weights, checkpoint=args.run_checkpoint,
+                            progress=not args.no_progress and not args.json)
     print(json.dumps(r) if args.json else format_report(r))
     return 0
 

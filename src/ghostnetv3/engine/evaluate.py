@@ -1,43 +1,84 @@
-"""`ghostnetv3 eval`: top-1/top-5 of a trained run — raw weights, EMA weights, and the fused EMA model.
+"""`ghostnetv3 eval`: top-1/top-5 of a trained run — raw weights, EMA weights, and the fused model.
 
-The fused number is the one a deployment gets; it is measured, not assumed equal to the EMA one.
+The fused row is the model `export` writes and `predict` runs (ghostnetv3.models.weights picks it:
+best.pt and the weights its validation picked, unless --checkpoint / --weights say otherwise). It
+is measured, not assumed equal to the unfused number.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from ghostnetv3.models.weights import pick_weights
 from ghostnetv3.rep import verify_fusion
 
-from . import checkpoint as ckpt_io
 from .config import from_checkpoint_dict
 from .train import _val_loader, build_model, evaluate, load_datasets, reparameterize
 
+ALL = "all"  # --val-subset all: every image of the validation split
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its best.pt (else last.pt); a file is itself."""
-    p = Path(path)
-    if p.is_dir() and (p / ckpt_io.BEST).is_file():
-        return p / ckpt_io.BEST
-    return ckpt_io.find_checkpoint(p)
+
+def parse_val_subset(value) -> Optional[int] | str:
+    """CLI --val-subset: N, or 'all'/0 for the whole validation split; None keeps the run's."""
+    if value is None:
+        return None
+    if str(value).strip().lower() in (ALL, "0", "none"):
+        return ALL
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"--val-subset: expected a number of images or 'all', got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"--val-subset must be positive (or 'all'), got {n}")
+    return n
+
+
+class _Progress:
+    """A loader that shows a progress bar on stderr while it is iterated (eval is otherwise silent)."""
+
+    def __init__(self, loader, desc: str, enabled: bool):
+        self.loader, self.desc, self.enabled = loader, desc, enabled
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        from tqdm import tqdm
+        try:
+            total = len(self.loader)
+        except TypeError:
+            total = None
+        with tqdm(total=total, desc=self.desc, file=sys.stderr, disable=not self.enabled, leave=False,
+                  mininterval=1.0, dynamic_ncols=True) as bar:
+            for batch in self.loader:
+                yield batch
+                bar.update(1)
 
 
 def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_size: Optional[int] = None,
-                        val_subset: Optional[int] = None, device: Optional[str] = None,
-                        val_set=None, confusion: bool = False) -> dict[str, Any]:
-    """Returns {checkpoint, model, data, n, raw, ema (None without EMA), fused, fused_from, fusion_max_diff};
-    raw/ema/fused are {top1, top5, loss, n} (fused also `confusion` when asked)."""
-    ckpt_path = resolve_checkpoint(path)
-    state = ckpt_io.load(ckpt_path)
-    if "config" not in state or "state_dict" not in state:
+                        val_subset: Optional[int | str] = None, device: Optional[str] = None,
+                        val_set=None, confusion: bool = False, weights: Optional[str] = None,
+                        checkpoint: Optional[str] = None, progress: bool = False) -> dict[str, Any]:
+    """Returns {checkpoint, model, data, n, val_set, raw, ema (None without EMA), fused, fused_from, weights_why,
+    fusion_max_diff}; raw/ema/fused are {top1, top5, loss, n} (fused also `confusion` when asked).
+
+    `val_subset`: None keeps the run's validation set (what picked best.pt), 'all' scores the whole split.
+    `weights`/`checkpoint`: which weights are fused (ghostnetv3.models.weights; default the shipped ones)."""
+    choice = pick_weights(path, weights=weights, checkpoint=checkpoint)
+    ckpt_path, state = choice.path, choice.state
+    if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
         raise ValueError(f"{ckpt_path} is not a ghostnetv3 run checkpoint (no config inside); "
                          f"evaluate it by starting a run with --init-checkpoint, or use `ghostnetv3 fuse`")
-    cfg = from_checkpoint_dict(state["config"]).replace(
-        pretrained=False, init_checkpoint=None, resume=None,
-        **{k: v for k, v in dict(data=data, batch_size=batch_size, val_subset=val_subset, device=device).items()
-           if v is not None})
+    cfg = from_checkpoint_dict(state["config"])
+    run_subset = cfg.val_subset
+    changes = dict(data=data, batch_size=batch_size, device=device)
+    if val_subset is not None:
+        changes["val_subset"] = None if val_subset == ALL else val_subset
+    cfg = cfg.replace(pretrained=False, init_checkpoint=None, resume=None,
+                      **{k: v for k, v in changes.items() if v is not None or k == "val_subset"})
     dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if val_set is None:  # the run's own data path: in memory, or streamed (--data-mode) for big folders
         val_set = load_datasets(cfg, val_only=True)[1]
@@ -46,22 +87,32 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
                          f"for {state['num_classes']}")
     loader = _val_loader(cfg, val_set, state["in_chans"], dev)
 
-    def load(weights):
+    def load(sd):
         m = build_model(cfg, state["num_classes"], state["in_chans"])
-        m.load_state_dict(weights)
+        m.load_state_dict(sd)
         return m.to(dev).eval()
 
-    out: dict[str, Any] = {"checkpoint": str(ckpt_path), "model": state["model_name"], "data": cfg.data}
+    def score(model, what, **kw):
+        return evaluate(model, _Progress(loader, f"eval {what}", progress), dev, **kw)
+
+    if val_subset is None and run_subset is not None:
+        which = f"the run's {run_subset}-image validation subset; --val-subset all scores the whole split"
+    else:
+        which = "the whole validation split" if cfg.val_subset is None else f"a seeded {cfg.val_subset}-image subset"
+    out: dict[str, Any] = {"checkpoint": str(ckpt_path), "model": state["model_name"], "data": cfg.data,
+                           "val_set": which}
     raw = load(state["state_dict"])
-    out["raw"] = evaluate(raw, loader, dev)
+    out["raw"] = score(raw, "raw")
     out["ema"] = None
-    src = raw
+    ema = None
     if state.get("state_dict_ema") is not None:
-        src = load(state["state_dict_ema"])
-        out["ema"] = evaluate(src, loader, dev)
-    out["fused_from"] = "ema" if out["ema"] is not None else "raw"
+        ema = load(state["state_dict_ema"])
+        out["ema"] = score(ema, "EMA")
+    src = ema if choice.weights == "ema" else raw
+    out["fused_from"] = "ema" if choice.weights == "ema" else "raw"
+    out["weights_why"] = choice.reason
     fused = reparameterize(src)
-    out["fused"] = evaluate(fused, loader, dev, confusion=confusion)
+    out["fused"] = score(fused, "fused", confusion=confusion)
     x = next(iter(loader)).images[:16]
     out["fusion_max_diff"] = verify_fusion(src, fused, x)  # per-branch math vs the fused convs
     out["n"] = out["raw"]["n"]
@@ -69,11 +120,15 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
 
 
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"{r['model']} on {r['data']} ({r['n']} images) — {r['checkpoint']}",
+    lines = [f"{r['model']} on {r['data']} ({r['n']} images: {r.get('val_set', 'validation set')}) — "
+             f"{r['checkpoint']}",
              f"{'weights':<14}{'top-1':>8}{'top-5':>8}{'loss':>9}"]
     for name, key in (("raw", "raw"), ("EMA", "ema"), (f"fused {r['fused_from']}", "fused")):
         m = r[key]
         if m is not None:
             lines.append(f"{name:<14}{m['top1']:>8.2f}{m['top5']:>8.2f}{m['loss']:>9.4f}")
     lines.append(f"fusion max |diff| of logits: {r['fusion_max_diff']:.2e}")
+    lines.append(f"fused = what `export` and `predict` ship: {'EMA' if r['fused_from'] == 'ema' else 'raw'} weights "
+                 f"of {Path(r['checkpoint']).name} ({r.get('weights_why', '')}); "
+                 f"choose with --weights raw|ema --checkpoint best|last")
     return "\n".join(lines)
