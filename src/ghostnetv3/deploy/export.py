@@ -28,7 +28,7 @@ __all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export",
 
 META_KEY = "ghostnetv3"  # ONNX metadata_props key / TorchScript extra-file name (JSON value)
 _META_FIELDS = ("model", "num_classes", "in_chans", "img_size", "mean", "std", "data", "seed",
-                "val_fraction", "eval_crop_pct", "interpolation", "weights", "source")
+                "val_fraction", "eval_crop_pct", "interpolation", "weights", "source", "classes")
 
 
 class ExportMismatchError(RuntimeError):

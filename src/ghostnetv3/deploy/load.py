@@ -12,8 +12,10 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-import yaml
 
+from ghostnetv3 import safeload
+from ghostnetv3.engine import checkpoint as ckpt_io
+from ghostnetv3.engine.config import read_yaml
 from ghostnetv3.models.weights import pick_weights, resolve_run_checkpoint
 
 __all__ = ["load_for_deploy", "read_state_dict", "CHECKPOINT_SUFFIXES"]
@@ -27,10 +29,7 @@ _RAW_KEYS = ("model", "state_dict")
 
 
 def _torch_load(path: Path) -> Any:
-    if path.name.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return safeload.read(path)  # weights_only; a broken file is one line naming it
 
 
 def _clean(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -78,6 +77,8 @@ def _stored_config(path: Path) -> dict[str, Any]:
         cfg["model"] = ckpt["model_name"]
     if ckpt.get("best_source") in ("raw", "ema"):
         cfg["best_source"] = ckpt["best_source"]
+    if isinstance(ckpt.get("classes"), list):  # class names, for predict and the exported file
+        cfg["classes"] = [str(c) for c in ckpt["classes"]]
     return cfg
 
 
@@ -165,9 +166,13 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path} is not a run directory: no config.yaml in it")
         ckpt_path = resolve_run_checkpoint(path, checkpoint)[0]
+        if checkpoint is None:  # a broken best.pt next to an intact last.pt: export last.pt, and say so
+            ckpt_path = safeload.first_intact([path / "best.pt", path / "last.pt"])[0]
         stored = _stored_config(ckpt_path)
-        cfg = {**stored, **{k: v for k, v in (yaml.safe_load(cfg_file.read_text()) or {}).items()
-                            if v is not None or k not in stored}}
+        # the checkpoint's config is the truth (as for eval and --resume); config.yaml fills only what an
+        # old checkpoint lacks, and an edit there is reported, not used
+        ckpt_io.report_config_edits(path, stored, ckpt_path, "pass --img-size/--num-classes to change them")
+        cfg = {**{k: v for k, v in (read_yaml(cfg_file) or {}).items() if k not in stored}, **stored}
         cfg["from_run"] = True
     elif path.is_file():
         resolve_run_checkpoint(path, checkpoint)  # --checkpoint best|last on a file is an error
@@ -177,7 +182,7 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         ckpt_path = path
         cfg = _stored_config(path)
         if not cfg.get("model") and (path.parent / "config.yaml").is_file():
-            cfg.update(yaml.safe_load((path.parent / "config.yaml").read_text()) or {})
+            cfg.update(read_yaml(path.parent / "config.yaml") or {})
         cfg["from_run"] = bool(cfg.get("model")) and not model
     elif spec_str.endswith(CHECKPOINT_SUFFIXES) or os.sep in spec_str:
         raise FileNotFoundError(f"no such run directory or checkpoint: {spec_str}")

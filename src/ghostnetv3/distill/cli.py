@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache that does not match")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ghostnetv3.engine.cli import add_config_flags
-    add_config_flags(p, skip=("output",))  # --output names the cache file here
+    add_config_flags(p, skip=("output",), keys=_CACHE_KEYS)  # --output names the cache file here
     p.set_defaults(func=_cmd_cache)
 
     e = subparsers.add_parser(
@@ -45,6 +45,19 @@ def add_parser(subparsers) -> None:
     e.add_argument("name", help="efficientnet_lite0, efficientnet_lite1 or efficientnet_lite2")
     e.add_argument("--output", "-o", required=True, metavar="FILE", help=".safetensors or .pt")
     e.set_defaults(func=_cmd_export)
+
+
+def _cache_keys() -> tuple[str, ...]:
+    """The recipe keys cache-teacher reads: the data and augmentation (the views it caches), the teacher,
+    and how to run it — not the training ones (--epochs, --opt, --lr, ...), which a recipe may still hold."""
+    from ghostnetv3.engine import flags as F
+    from ghostnetv3.engine.config import FIELDS
+    data = tuple(k for k in FIELDS if F.group_of(k) == "data and augmentation")
+    return data + ("num_classes", "in_chans", "teacher", "teacher_checkpoint", "teacher_pretrained",
+                   "teacher_input_size", "batch_size", "amp", "device", "seed")
+
+
+_CACHE_KEYS = _cache_keys()
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:

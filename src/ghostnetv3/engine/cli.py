@@ -41,7 +41,7 @@ class _KeyParser(argparse.ArgumentParser):
         flags = [a for a in extras if a.startswith("-")]
         if flags:
             flag = flags[0].split("=", 1)[0]
-            options = [o for a in self._actions for o in a.option_strings]
+            options = [o for a in self._actions if a.help is not argparse.SUPPRESS for o in a.option_strings]
             near = _suggest(flag, options)
             self.error(f"unknown flag {flag}" + (f"; did you mean {near}?" if near else
                                                   f"; see `{self.prog} --help`"))

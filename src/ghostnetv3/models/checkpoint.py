@@ -149,13 +149,31 @@ def _head_keys(model: nn.Module) -> set[str]:
     return {f"{prefix}.{k}" for k in head.state_dict()} if prefix else set()
 
 
+def _adapt_stem(sd: dict, target: dict) -> dict:
+    """3-channel (ImageNet) weights into a model with another input channel count: the first conv's
+    kernel goes through timm's `adapt_input_conv` (1 channel: the RGB kernels summed, so a gray image
+    gets the response its RGB copy would; N channels: repeated and scaled by 3/N)."""
+    from timm.models import adapt_input_conv
+
+    stem = next((k for k, v in target.items() if v.ndim == 4 and k.endswith("weight")), None)
+    if stem is None or stem not in sd:
+        return sd
+    src, dst = sd[stem], target[stem]
+    if src.ndim == 4 and src.shape[1] != dst.shape[1] and (src.shape[0], *src.shape[2:]) == (dst.shape[0], *dst.shape[2:]):
+        sd = dict(sd)
+        sd[stem] = adapt_input_conv(int(dst.shape[1]), src, base_chans=int(src.shape[1]))
+    return sd
+
+
 def load_checkpoint(model: nn.Module, path_or_sd, use_ema: bool = True, reset_head: bool = False,
                     strict: bool = True) -> nn.Module:
     """Load weights of any known layout into `model` (in place) and return it.
 
-    `reset_head=True` keeps the model's own classifier when the class counts differ (fine-tuning)."""
-    sd = convert_state_dict(read_state_dict(path_or_sd, use_ema=use_ema), model)
+    `reset_head=True` keeps the model's own classifier when the class counts differ (fine-tuning).
+    Weights trained on another input channel count (e.g. ImageNet RGB into `in_chans=1`) are adapted
+    the way timm's `adapt_input_conv` does: the stem's RGB kernels are summed."""
     target = model.state_dict()
+    sd = _adapt_stem(convert_state_dict(read_state_dict(path_or_sd, use_ema=use_ema), model), target)
     head = _head_keys(model)
     for k in sorted(head):
         if k in sd and k in target and sd[k].shape != target[k].shape:

@@ -54,8 +54,33 @@ def run_info(args) -> int:
     return 0
 
 
+def run_models(args) -> int:
+    """Our registered models, then how to name the others (timm, torchvision)."""
+    from .registry import list_models
+    if args.timm:
+        import timm
+        names = timm.list_models(args.timm)
+        print("\n".join(names) if names else f"no timm model matches '{args.timm}'")
+        return 0
+    print("ours (train form with re-parameterization branches; V2 = one branch per site):")
+    for name in list_models():
+        kind = "GhostNetV3" if name.startswith("ghostnetv3_") else "GhostNetV2"
+        width = f" width {int(name[-3:]) / 100:.1f}x" if name[-3:].isdigit() else ""
+        print(f"  {name:<16}{kind}{width}")
+    import timm
+    print(f"any timm name ({len(timm.list_models())} in timm {timm.__version__}; "
+          "`ghostnetv3 models --timm 'mobilenet*'` to search), and torchvision/<name> "
+          "(e.g. torchvision/shufflenet_v2_x1_0)")
+    print("sizes: ghostnetv3 info MODEL --input-size 3 224 224")
+    return 0
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="parameters and MACs in train and fused form")
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=run_info)
+
+    m = sub.add_parser("models", help="list the model names this tool builds")
+    m.add_argument("--timm", metavar="PATTERN", default=None, help="list timm's names matching a wildcard")
+    m.set_defaults(func=run_models)

@@ -19,12 +19,15 @@ from typing import Any, Optional
 
 import torch
 
+from ghostnetv3 import safeload
+
 __all__ = ["CHECKPOINTS", "WEIGHTS", "WeightsChoice", "resolve_run_checkpoint", "choose_weights", "pick_weights",
            "add_weights_flags"]
 
 CHECKPOINTS = ("best", "last")
 WEIGHTS = ("raw", "ema")
 _FILES = {"best": "best.pt", "last": "last.pt"}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclass
@@ -108,14 +111,20 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # an image, a truncated file, a pickled object: say so, don't suggest unpickling
-        raise ValueError(f"{path} is not a checkpoint this tool can read safely "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        if path.suffix.lower() in _IMAGE_SUFFIXES:
+            raise ValueError(f"{path} is an image, not a checkpoint; to classify it: "
+                             f"ghostnetv3 predict RUN_DIR {path}") from None
+        return safeload.read(path)  # raises its one-line BadCheckpoint naming the file and what to do
 
 
 def pick_weights(source: str | os.PathLike, *, weights: Optional[str] = None,
                  checkpoint: Optional[str] = None) -> WeightsChoice:
     """The checkpoint file and weights a command takes from RUN_DIR | CHECKPOINT (see module doc)."""
     path, kind = resolve_run_checkpoint(source, checkpoint)
-    state = _read(path)
+    if kind == "best" and checkpoint is None:  # a broken best.pt, an intact last.pt: take it, and say so
+        path, state = safeload.first_intact([path, path.with_name(_FILES["last"])])
+        kind = "best" if path.name == _FILES["best"] else "last"
+    else:
+        state = _read(path)
     chosen, reason = choose_weights(state, weights, where=str(path))
     return WeightsChoice(path=path, checkpoint=kind, weights=chosen, reason=reason, state=state)

@@ -7,11 +7,14 @@ import torch
 def run_fuse(args) -> int:
     from ..models import create_model, load_checkpoint, save_state_dict
     from ..models.cli import model_kwargs, parse_input_size
+    from ..models.weights import pick_weights
     from .fuse import has_branches, reparameterize, verify_fusion
     size = parse_input_size(args.input_size)
     model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0], **model_kwargs(args))
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint, use_ema=not args.no_ema)
+        choice = pick_weights(args.checkpoint, weights="raw" if args.no_ema else args.weights)
+        load_checkpoint(model, choice.state, use_ema=choice.use_ema)
+        print(f"loaded {choice.describe()}")
     model.eval()
     fused = reparameterize(model)
     if has_branches(fused):
@@ -36,8 +39,12 @@ def add_parser(sub) -> None:
     from ..models.cli import add_model_args
     p = sub.add_parser("fuse", help="fuse re-parameterization branches, verify, save")
     add_model_args(p)
-    p.add_argument("--checkpoint", default=None, help="weights to load (any known layout)")
-    p.add_argument("--no-ema", action="store_true", help="load raw weights rather than EMA")
+    p.add_argument("--checkpoint", default=None, metavar="FILE|RUN_DIR",
+                   help="weights to load (any known layout); a run directory means its best.pt "
+                        "(pass RUN_DIR/last.pt for the last)")
+    p.add_argument("--weights", choices=("raw", "ema"), default=None,
+                   help="raw or EMA weights (default: the ones the run's validation picked, else EMA if any)")
+    p.add_argument("--no-ema", action="store_true", help="same as --weights raw")
     p.add_argument("--output", "-o", default=None, help="where to save the fused weights (.safetensors)")
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--verify-batch", type=int, default=2)

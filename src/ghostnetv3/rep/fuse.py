@@ -36,8 +36,9 @@ def reparameterize(model: nn.Module, inplace: bool = False) -> nn.Module:
     Works on our models, on models converted with `repify`, and on any model whose modules expose
     `reparameterize()` or `switch_to_deploy()` (timm's GhostNetV3, MobileOne, RepVGG, ...)."""
     if model.training:
+        where = "it was put in eval mode" if inplace else "the fused copy is in eval mode (the model itself is unchanged)"
         warnings.warn("reparameterize: model was in train mode; fusing uses the BatchNorm running "
-                      "statistics, so it was put in eval mode", stacklevel=2)
+                      f"statistics, so {where}", stacklevel=2)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
