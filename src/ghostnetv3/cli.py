@@ -9,9 +9,12 @@ import argparse
 import importlib
 import sys
 
+from ghostnetv3.errors import UserError
+
 # (module, attribute) pairs: each module exposes `add_parser(subparsers)` which sets `func`.
 _COMMANDS = [
-    "ghostnetv3.models.cli",      # info
+    "ghostnetv3.models.cli",      # info, models
+    "ghostnetv3.predict",         # predict
     "ghostnetv3.rep.cli",         # fuse
     "ghostnetv3.engine.cli",      # train, eval, plot
     "ghostnetv3.distill.cli",     # cache-teacher
@@ -45,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        # One clear line for the user; the traceback helps nobody who passed a bad flag.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"ghostnetv3 {args.command}: error: {msg}", file=sys.stderr)
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        # Errors raised on purpose (bad flags, broken files, full disks): one clear line, no traceback.
+        # Any other exception (a RuntimeError from torch, a KeyError) is a bug: it keeps its traceback.
+        print(f"ghostnetv3 {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C/SIGTERM while the first was being handled
+        print(f"ghostnetv3 {args.command}: interrupted; files already written are intact (checkpoints are "
+              f"saved atomically)", file=sys.stderr)
+        return 130
     return int(rc or 0)
 
 

@@ -135,7 +135,7 @@ def test_truncated_jpeg_fail_or_skip(tmp_path):
     _rgb(99, (64, 64)).save(buf, "JPEG")
     bad = tmp_path / "b" / "bad.jpg"
     bad.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    with pytest.raises(ValueError, match=r"bad\.jpg.*on_bad_image='skip'"):
+    with pytest.raises(ValueError, match=r"bad\.jpg.*--on-bad-image skip"):
         load_dataset(str(tmp_path), "all")
     ds = load_dataset(str(tmp_path), "all", on_bad_image="skip")
     assert len(ds) == 10 and ds.skipped == [str(bad)]

@@ -85,13 +85,15 @@ def cache_dir() -> Path:
 
 def load_dataset(name_or_path: str, split: str = "train", *, seed: int = 0,
                  val_fraction: float | None = None, on_bad_image: str = "fail",
-                 image_size: int | None = None) -> ImageSet:
+                 image_size: int | None = None, in_chans: int | None = None) -> ImageSet:
     """Load a whole split into memory; see the module docstring for what names mean.
 
     val_fraction: for datasets without an official split (None: 0.25 for elpv, 0.2 for a folder).
     on_bad_image: "fail" raises on an unreadable image; "skip" leaves it out (ImageSet.skipped).
     image_size: resize at load (antialiased); a folder of mixed sizes needs it (shorter side to
     image_size, then a center square crop).
+    in_chans: a folder's channels (1 gray, 3 color); None: what most of its images are (a few
+    color files in a gray set are read as gray, and the other way round, with a note).
     """
     if on_bad_image not in ("fail", "skip"):
         raise ValueError(f"on_bad_image={on_bad_image!r}; use 'fail' or 'skip'")
@@ -102,7 +104,7 @@ def load_dataset(name_or_path: str, split: str = "train", *, seed: int = 0,
     if key == "elpv":
         return _load_elpv(split, seed, 0.25 if val_fraction is None else val_fraction, image_size)
     return _load_folder(Path(name_or_path), split, seed, 0.2 if val_fraction is None else val_fraction,
-                        on_bad_image, image_size)
+                        on_bad_image, image_size, in_chans)
 
 
 # ---- splits -------------------------------------------------------------------------------------
@@ -252,10 +254,22 @@ def _resize_u8(images: Tensor, hw: tuple[int, int], chunk: int = 4096) -> Tensor
     return torch.cat(out)
 
 
-def _resize_matrix(n: int, m: int) -> Tensor:
-    """[m, n]: row i holds the weights of the n inputs in output i (bilinear, antialiased if m < n)."""
-    eye = torch.eye(n)[None, None]
-    return F.interpolate(eye, size=(m, n), mode="bilinear", align_corners=False, antialias=m < n)[0, 0]
+def _resize_matrix(n: int, m: int, rows: slice | None = None, chunk: int = 256) -> Tensor:
+    """[m, n]: row i holds the weights of the n inputs in output i (bilinear, antialiased if m < n).
+
+    F.interpolate of the identity, `chunk` columns at a time, keeping only output `rows`: memory
+    ~ n x chunk, not n x n (an 8000 x 10 strip cropped to 32 px needed a 25600 x 8000 matrix).
+    Chunks are at least 2 columns wide: torch's antialiased path mis-handles 1-pixel-wide inputs."""
+    cols = []
+    for j in range(0, n, chunk):
+        hi = min(j + chunk, n)
+        lo = j if hi - j >= 2 else max(0, hi - 2)
+        eye = torch.zeros(n, hi - lo)
+        eye[torch.arange(lo, hi), torch.arange(hi - lo)] = 1.0
+        out = F.interpolate(eye[None, None], size=(m, hi - lo), mode="bilinear", align_corners=False,
+                            antialias=m < n)[0, 0, :, j - lo:]
+        cols.append(out if rows is None else out[rows])
+    return torch.cat(cols, dim=1)
 
 
 def _resize_set(ds: ImageSet, size: int) -> ImageSet:
@@ -266,7 +280,7 @@ def _resize_set(ds: ImageSet, size: int) -> ImageSet:
 
 # ---- image folders ------------------------------------------------------------------------------
 def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad: str,
-                 image_size: int | None) -> ImageSet:
+                 image_size: int | None, in_chans: int | None = None) -> ImageSet:
     if not root.exists():
         raise FileNotFoundError(f"dataset folder {root} does not exist; pass 'fashion-mnist', 'elpv' "
                                 f"or a folder of class folders (optionally under train/ and val/)")
@@ -289,12 +303,12 @@ def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad:
                 raise ValueError(f"{d} has class folders not in {split_dirs['train']}: {extra[:5]}; "
                                  f"add them to train/ or remove them")
         return _decode_folder(d, classes, on_bad, image_size, f"{root.name}:{split}",
-                              allow_missing=split != "train")
+                              allow_missing=split != "train", in_chans=in_chans)
     if split_dirs["train"].is_dir():
         raise ValueError(f"{root} has train/ but no val/ or validation/ folder; add one, or point "
                          f"at {split_dirs['train']} to split it by seed")
     classes = _class_folders(root)
-    full = _decode_folder(root, classes, on_bad, image_size, root.name)
+    full = _decode_folder(root, classes, on_bad, image_size, root.name, in_chans=in_chans)
     out = _pick_split(full, split, seed, val_fraction, root.name)
     out.skipped = list(full.skipped)
     return out
@@ -308,7 +322,7 @@ def _class_folders(root: Path) -> list[str]:
 
 
 def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int | None,
-                   name: str, allow_missing: bool = False) -> ImageSet:
+                   name: str, allow_missing: bool = False, in_chans: int | None = None) -> ImageSet:
     files, labels = [], []
     for c, cls in enumerate(classes):
         d = root / cls
@@ -327,7 +341,7 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
         if isinstance(res, Exception):
             if on_bad == "fail":
                 raise ValueError(f"cannot decode image {path} ({type(res).__name__}: {res}); fix or "
-                                 f"delete it, or pass on_bad_image='skip'")
+                                 f"delete it, or pass --on-bad-image skip (on_bad_image: skip in a recipe)")
             skipped.append(str(path))
         else:
             keep.append(i)
@@ -335,8 +349,8 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
         raise ValueError(f"no readable images under {root}")
     arrays = [decoded[i] for i in keep]
     labels_t = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
-    gray = all(a.ndim == 2 for a in arrays)  # stays 1-channel only if every image is gray
-    tensors = [_to_chw(a, 1 if gray else 3) for a in arrays]
+    channels = _folder_channels(root, [files[i] for i in keep], arrays, in_chans)
+    tensors = [_to_chw(a, channels) for a in arrays]
     sizes = {tuple(t.shape[-2:]) for t in tensors}
     if image_size:
         tensors = [_short_side_center_crop(t, image_size) for t in tensors]
@@ -345,6 +359,23 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
         raise ValueError(f"images under {root} have {len(sizes)} different sizes (e.g. {eg[0]} and "
                          f"{eg[1]}); pass image_size=N to resize them at load")
     return ImageSet(torch.stack(tensors), labels_t, list(classes), name, skipped)
+
+
+def _folder_channels(root: Path, files: list[Path], arrays: list[np.ndarray], in_chans: int | None) -> int:
+    """1 or 3: `in_chans` when given, else what most images are. One RGBA or CMYK file in a gray set
+    must not turn the whole set (and the model) into 3 channels; the minority is converted, and said."""
+    color = [i for i, a in enumerate(arrays) if a.ndim == 3]
+    n_color, n = len(color), len(arrays)
+    channels = (1 if in_chans == 1 else 3) if in_chans else (3 if 2 * n_color >= n and n_color else 1)
+    odd = color if channels == 1 else [i for i, a in enumerate(arrays) if a.ndim == 2]
+    if odd and 0 < len(odd) < n and os.environ.get("RANK", "0") == "0":
+        why = f"--in-chans {in_chans}" if in_chans else "most of them are"
+        kind = "color" if channels == 1 else "gray"
+        print(f"note: {len(odd)} of {n} images under {root} are {kind} (e.g. {files[odd[0]]}); the set is read "
+              f"as {'gray' if channels == 1 else 'color'} ({why})"
+              + ("" if in_chans else f"; pass --in-chans {3 if channels == 1 else 1} to read it otherwise"),
+              flush=True)
+    return channels
 
 
 def _decode_image(path: Path) -> np.ndarray | Exception:
@@ -367,8 +398,9 @@ def _to_uint8(im: Image.Image) -> np.ndarray:
         return np.asarray(im.convert("L"))
     elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im).astype(np.float64)
-        if mode != "F" and a.max(initial=0) > 255:  # 16-bit range
-            a = a / 257.0
+        bits = _bit_depth(im)
+        if bits > 8:  # by the file's bit depth, never by the image's own range (256 must stay darker than 257)
+            a = a * (255.0 / (2 ** bits - 1))
         return np.clip(np.round(a), 0, 255).astype(np.uint8)
     if im.mode in ("RGBA", "LA", "RGBa", "La"):
         bg = Image.new(im.mode, im.size, (255,) * len(im.mode))
@@ -378,7 +410,24 @@ def _to_uint8(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def _bit_depth(im: Image.Image) -> int:
+    """Bits per sample of a single-channel integer image (8 for float images, which are used as is)."""
+    if im.mode.startswith("I;16"):
+        return 16
+    if im.mode != "I":
+        return 8
+    tags = getattr(im, "tag_v2", None)  # TIFF: BitsPerSample (12-bit sensors store 12 in 16-bit words)
+    if tags is not None and tags.get(258):
+        bps = tags.get(258)
+        return int(bps[0] if isinstance(bps, (tuple, list)) else bps)
+    if im.format == "PNG":  # Pillow reads 16-bit gray PNGs as mode I
+        return 16
+    return 32
+
+
 def _to_chw(a: np.ndarray, channels: int) -> Tensor:
+    if a.ndim == 3 and channels == 1:  # a color file in a gray set: ITU-R 601 luma, as PIL's convert("L")
+        a = np.asarray(Image.fromarray(a, "RGB").convert("L"))
     t = torch.from_numpy(np.array(a, copy=True))  # PIL arrays are read-only
     if t.dim() == 2:
         t = t.unsqueeze(0)
@@ -392,6 +441,9 @@ def _short_side_center_crop(t: Tensor, size: int) -> Tensor:
         return t
     s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
-    t = _resize_u8(t.unsqueeze(0), (nh, nw))[0]
     y0, x0 = (nh - size) // 2, (nw - size) // 2
-    return t[:, y0:y0 + size, x0:x0 + size].contiguous()
+    # only the kept rows/columns of the resize: the same numbers as resize-then-crop, without the
+    # memory of the full resized image (an 8000 x 10 strip at 32 px)
+    ry = _resize_matrix(h, nh, slice(y0, y0 + size))
+    rx = _resize_matrix(w, nw, slice(x0, x0 + size))
+    return (ry @ t.float() @ rx.T).round_().clamp_(0, 255).to(torch.uint8).contiguous()

@@ -2,25 +2,98 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings and lists — no pickled objects — so it
 is safe to load from anywhere. It is written to a temp file in the same directory, fsynced and
-renamed over the old one: a crash or a full disk leaves the previous checkpoint intact.
+renamed over the old one: a crash or a full disk leaves the previous checkpoint intact, and a
+failed save removes its temp file (a full disk stays no fuller than before).
+
+Every reader goes through `load`, so a broken file (empty, truncated, random bytes, a pickle of
+Python objects) is one error that names the file and says what to do, in every command.
 """
 from __future__ import annotations
 
 import errno
 import os
 import random
+import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
+import yaml
+
+from ghostnetv3 import safeload
+from ghostnetv3.errors import SaveError
 
 LAST = "last.pt"
 BEST = "best.pt"
+# keys that say how to run, not what to compute (a config.yaml may differ in them from the checkpoint)
+RUN_KEYS = frozenset({"resume", "output", "experiment", "log_interval", "checkpoint_interval", "workers",
+                      "device", "threads"})
 
 
 def _write(obj: Any, f) -> None:
     torch.save(obj, f)
+
+
+# --------------------------------------------------------------------------- saving
+
+def _nbytes(obj: Any) -> int:
+    """About how many bytes `torch.save(obj)` writes (tensor storage dominates)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values()) + 64 * len(obj)
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj) + 16 * len(obj)
+    return 64
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def _disk_full(e: BaseException) -> bool:
+    """torch's zip writer reports a full disk as RuntimeError('... unexpected pos ...') whose context
+    is the OSError(ENOSPC) of the failed write; look through the chain."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _free_bytes(directory: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _resume_hint(directory: Path) -> str:
+    """The SIGTERM hint: where a run can continue from after a failed save."""
+    if (directory / LAST).is_file():
+        return f"then continue with: ghostnetv3 train --resume {directory}"
+    return "then start the run again"
+
+
+def save_error(path: Path, e: BaseException, need: Optional[int] = None, what: str = "write") -> SaveError:
+    """One-line SaveError for a failed write of `path` (a checkpoint, a log, config.yaml)."""
+    directory = path.parent
+    kept = f"; the previous {path.name} is intact" if path.exists() else ""
+    free = _free_bytes(directory)
+    if _disk_full(e) or (need is not None and free is not None and free < need):
+        size = f"it needs about {_mb(need)}" if need else ""
+        if free is not None:
+            size += (" and " if size else "") + f"{_mb(free)} are free in {directory}"
+        return SaveError(f"could not {what} {path} (disk full){kept}; {size + ': ' if size else ''}free space, "
+                         f"{_resume_hint(directory)}")
+    oserr = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)), None)
+    why = (oserr.strerror or str(oserr)) if oserr is not None else str(e).splitlines()[0]
+    other = "" if (directory / LAST).is_file() else " (or pick another --output)"
+    return SaveError(f"could not {what} {path} ({why}){kept}; make {directory} writable{other}, "
+                     f"{_resume_hint(directory)}")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -32,13 +105,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch's zip writer on a failed write
         tmp.unlink(missing_ok=True)
-        what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        kept = f"; the previous {path.name} is intact" if path.exists() else ""
-        raise RuntimeError(f"could not save checkpoint {path} ({what}){kept}") from e
+        if not isinstance(e, OSError) and not _disk_full(e) and "unexpected pos" not in str(e):
+            raise  # not a write failure: a bug, keep its traceback
+        raise save_error(path, e, _nbytes(obj), what="save checkpoint") from e
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
     try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -47,8 +124,77 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         pass
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Text files of a run (config.yaml, a trimmed metrics.jsonl): temp file + rename, one-line errors."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise save_error(path, e, len(text.encode())) from e
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one log line; a full disk or read-only directory is a one-line SaveError."""
+    path = Path(path)
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise save_error(path, e) from e
+
+
+def clean_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove `.NAME.tmpPID` files that a killed save left behind. Call only while holding the
+    run directory's lock: then no live process is writing them."""
+    removed = []
+    for p in Path(run_dir).glob(".*.tmp*"):
+        if p.is_file() and p.name.rsplit(".tmp", 1)[-1].isdigit():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def clean_unfinished_run(run_dir: str | os.PathLike) -> list[str]:
+    """A run killed before its first checkpoint left logs but no last.pt; a fresh start in the same
+    directory must not append to them. Returns what was removed."""
+    run_dir = Path(run_dir)
+    if (run_dir / LAST).exists():
+        return []
+    removed = [p.name for p in clean_stale_temp_files(run_dir)]
+    for name in ("metrics.jsonl", "metrics.tmp", "config.yaml"):
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(name)
+    if (run_dir / "tb").is_dir():
+        shutil.rmtree(run_dir / "tb", ignore_errors=True)
+        removed.append("tb/")
+    return removed
+
+
+# --------------------------------------------------------------------------- loading
+
+def read(path: str | os.PathLike) -> Any:
+    """`torch.load(weights_only=True)` (or safetensors) with one-line errors naming the file."""
+    return safeload.read(path)
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint dict; a broken file is a BadCheckpoint naming it and what to do."""
+    return safeload.load(path)
+
+
+def load_first_intact(path: str | os.PathLike, names: Iterable[str] = (BEST, LAST)) -> tuple[Path, dict[str, Any]]:
+    """A run directory's first readable checkpoint of `names` (a note on stderr when an earlier one
+    is broken); a file is loaded as itself."""
+    p = Path(path)
+    if not p.is_dir():
+        return find_checkpoint(p), load(find_checkpoint(p))
+    if not any((p / n).is_file() for n in names):
+        find_checkpoint(p)  # the one error message for "no checkpoint yet"
+    return safeload.first_intact([p / n for n in names])
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -62,6 +208,39 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     raise FileNotFoundError(f"no such run directory or checkpoint: {p}")
+
+
+def config_file_edits(run_dir: str | os.PathLike, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys where RUN_DIR/config.yaml differs from the config saved in a checkpoint:
+    {key: (checkpoint's value, config.yaml's value)}. The checkpoint's config is the truth in every
+    command; config.yaml is its human-readable copy, so an edit there is reported, never used."""
+    f = Path(run_dir) / "config.yaml"
+    if not f.is_file():
+        return {}
+    try:
+        on_disk = yaml.safe_load(f.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return {"config.yaml": ("readable", "unreadable")}
+    if not isinstance(on_disk, dict):
+        return {"config.yaml": ("a mapping", type(on_disk).__name__)}
+
+    def same(a, b):
+        return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
+    return {k: (saved.get(k), v) for k, v in on_disk.items()
+            if k not in RUN_KEYS and k in saved and not same(saved.get(k), v)}
+
+
+def report_config_edits(run_dir: str | os.PathLike, saved: dict[str, Any], checkpoint: str | os.PathLike,
+                        advice: str = "") -> dict[str, tuple[Any, Any]]:
+    """Print one note when config.yaml was edited after the run saved `checkpoint`."""
+    edits = config_file_edits(run_dir, saved)
+    if edits:
+        print(f"note: {Path(run_dir) / 'config.yaml'} differs from the config inside {checkpoint} ("
+              + ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} in config.yaml" for k, (a, b) in edits.items())
+              + "); the checkpoint's config is used" + (f" — {advice}" if advice else ""),
+              file=sys.stderr, flush=True)
+    return edits
 
 
 def strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -128,7 +128,8 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .checkpoint import atomic_write_text  # lazy: checkpoint imports torch, a config does not need it
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         check_keys(changes)
@@ -194,7 +195,11 @@ def coerce(name: str, value: Any) -> Any:
         if base is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) else int(value)
+            if isinstance(value, str):  # "1.5" is refused like 1.5 in YAML, "1e3" and "3.0" read as ints
+                value = float(value) if not value.strip().lstrip("+-").isdigit() else int(value)
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+            return int(value)
         if base is float:
             return float(value)
         return str(value)
@@ -209,7 +214,7 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Trai
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"recipe not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml(p)
         if not isinstance(data, dict):
             raise ValueError(f"{p}: a recipe is a mapping of key: value")
         check_keys(data, source=f" in {p}")
@@ -218,6 +223,17 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Trai
     check_keys(overrides)
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a syntax error is one line naming the file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}{where}: YAML syntax error ({what}); fix that line of the recipe") from None
 
 
 def from_checkpoint_dict(d: dict[str, Any]) -> TrainConfig:

@@ -25,8 +25,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ghostnetv3.errors import SaveError, UserError
+
 from . import checkpoint as ckpt_io
+from . import rundir
 from .config import TrainConfig
+from .inputs import check_train_classes
 
 FORMAT = "ghostnetv3-train/1"
 # keys that say how to run, not what to compute: changing them on resume keeps it exact
@@ -34,7 +38,7 @@ _RUN_KEYS = {"resume", "output", "experiment", "log_interval", "checkpoint_inter
 OUR_MODELS = ("ghostnetv3_", "ghostnetv2_")
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(UserError):
     """SIGINT/SIGTERM: a checkpoint was saved at the current step."""
 
     def __init__(self, message: str, signum: int):
@@ -42,7 +46,7 @@ class TrainingInterrupted(RuntimeError):
         self.signum = signum
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError):
     pass
 
 
@@ -66,7 +70,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
         try:
             from ghostnetv3.rep import repify
         except ImportError as e:
-            raise RuntimeError("--repify needs ghostnetv3.rep.repify, which this install lacks") from e
+            raise UserError("--repify needs ghostnetv3.rep.repify, which this install lacks") from e
         model = repify(model, num_conv_branches=cfg.num_conv_branches or 3,
                        scale_branch=cfg.scale_branch is not False, identity_branch=cfg.identity_branch is not False)
     if cfg.init_checkpoint:
@@ -177,7 +181,7 @@ def load_datasets(cfg: TrainConfig, *, val_only: bool = False):
             return train_set, val_set
         return subset(train_set, cfg.train_subset, cfg.seed), subset(val_set, cfg.val_subset, cfg.seed + 1)
     common = dict(seed=cfg.data_split_seed, val_fraction=cfg.val_fraction, on_bad_image=cfg.on_bad_image,
-                  image_size=cfg.img_size)
+                  image_size=cfg.img_size, in_chans=cfg.in_chans)
     val_set = subset(load_dataset(cfg.data, split="val", **common), cfg.val_subset, cfg.seed + 1)
     if val_only:
         return None, val_set
@@ -227,15 +231,27 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- run directory
 
 def make_run_dir(cfg: TrainConfig) -> Path:
+    """Create (or reuse) the run directory and take its lock (engine.rundir) for this process."""
     if cfg.experiment:
         run_dir = Path(cfg.output) / cfg.experiment
-        if (run_dir / ckpt_io.LAST).exists():
-            raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                                  f"or pick another --experiment")
     else:
         data_name = Path(cfg.data.rstrip("/")).name or cfg.data
         run_dir = Path(cfg.output) / f"{cfg.model.replace('/', '_')}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.lock_run_dir(run_dir, created=created)
+    except OSError as e:  # read-only or full disk, a file where the directory should be
+        raise SaveError(f"cannot write the run directory {run_dir} ({e.strerror or e}); pick a writable "
+                        f"--output") from e
+    # checked under the lock: a twin started at the same moment cannot pass it too
+    if cfg.experiment and (run_dir / ckpt_io.LAST).exists():
+        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                         f"or pick another --experiment")
+    stale = ckpt_io.clean_unfinished_run(run_dir)
+    if stale:
+        print(f"note: {run_dir} held a run stopped before its first checkpoint; starting afresh "
+              f"(removed {', '.join(stale)})", flush=True)
     return run_dir
 
 
@@ -254,9 +270,7 @@ def trim_metrics(path: Path, epoch: int, step: int) -> None:
         if rec.get("type") == "step" and (rec["epoch"], rec["step"]) > (epoch + 1, step):
             continue
         keep.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in keep))
-    os.replace(tmp, path)
+    ckpt_io.atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 class MetricsLog:
@@ -274,8 +288,7 @@ class MetricsLog:
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        ckpt_io.append_line(self.path, json.dumps(rec))
         if self.tb is not None:
             x = rec.get("global_step", rec.get("epoch", 0))
             for k, v in rec.items():
@@ -357,6 +370,18 @@ def _val_loader(cfg, val_set, in_chans, device):
 
 
 def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[str, Any]:
+    """Train as `cfg` says; returns the summary (see `_train`). The run directory is locked for the
+    whole call (engine.rundir); a run that fails before writing anything leaves no directory."""
+    before, ok = rundir.held_dirs(), False
+    try:
+        out = _train(cfg, train_set=train_set, val_set=val_set, task=task)
+        ok = True
+        return out
+    finally:
+        rundir.release_since(before, failed=not ok)
+
+
+def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary (also the last line of metrics.jsonl).
 
     `train_set`/`val_set` (ImageSets) replace `cfg.data` — for tests and notebooks.
@@ -387,6 +412,11 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[
             raise ValueError(f"{ckpt_path} was saved from model '{state['model_name']}', not '{cfg.model}'; "
                              f"resume with --model {state['model_name']} or start a new run")
         run_dir = ckpt_path.parent
+        if d.main:  # a --resume of a run that is still alive would train alongside it
+            rundir.lock_run_dir(run_dir)
+            ckpt_io.clean_stale_temp_files(run_dir)
+            ckpt_io.report_config_edits(run_dir, state["config"], ckpt_path,
+                                        "it is rewritten from it; pass changes as --key value with --resume")
         changed = {k: (v, cfg.to_dict().get(k)) for k, v in state["config"].items()
                    if k not in _RUN_KEYS and cfg.to_dict().get(k, v) != v}
         if changed and d.main:
@@ -401,6 +431,8 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[
     if train_set is None:
         train_set, val_set = task.load_datasets(cfg) if task is not None else load_datasets(cfg)
     metric = task.metric if task is not None else "top1"  # the validation number that picks best.pt
+    if task is None:
+        check_train_classes(cfg.data, train_set, cfg.num_classes)
     num_classes = cfg.num_classes or len(train_set.classes)
     in_chans = cfg.in_chans or (3 if getattr(train_set, "streaming", False) else int(train_set.images.shape[1]))
 
