@@ -15,7 +15,9 @@ import torch
 from ghostnetv3.models.weights import pick_weights
 from ghostnetv3.rep import verify_fusion
 
+from .checkpoint import report_config_edits
 from .config import from_checkpoint_dict
+from .inputs import check_eval_classes
 from .train import _val_loader, build_model, evaluate, load_datasets, reparameterize
 
 ALL = "all"  # --val-subset all: every image of the validation split
@@ -72,6 +74,7 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
         raise ValueError(f"{ckpt_path} is not a ghostnetv3 run checkpoint (no config inside); "
                          f"evaluate it by starting a run with --init-checkpoint, or use `ghostnetv3 fuse`")
+    report_config_edits(ckpt_path.parent, state["config"], ckpt_path)  # the checkpoint's config is the truth
     cfg = from_checkpoint_dict(state["config"])
     run_subset = cfg.val_subset
     changes = dict(data=data, batch_size=batch_size, device=device)
@@ -82,9 +85,7 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if val_set is None:  # the run's own data path: in memory, or streamed (--data-mode) for big folders
         val_set = load_datasets(cfg, val_only=True)[1]
-    if getattr(val_set, "classes", None) and len(val_set.classes) != state["num_classes"]:
-        raise ValueError(f"{cfg.data} has {len(val_set.classes)} classes but {ckpt_path} was trained "
-                         f"for {state['num_classes']}")
+    check_eval_classes(cfg.data, val_set, state, ckpt_path)  # count and names
     loader = _val_loader(cfg, val_set, state["in_chans"], dev)
 
     def load(sd):
