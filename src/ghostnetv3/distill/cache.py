@@ -103,8 +103,12 @@ def _read_header(path: Path) -> tuple[dict, int]:
         magic = f.read(len(MAGIC))
         if magic != MAGIC:
             raise ValueError(f"{path} is not a ghostnetv3 teacher cache (build one with ghostnetv3 cache-teacher)")
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n).decode())
+        try:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n).decode())
+        except (struct.error, ValueError, UnicodeDecodeError):  # cut off inside the header
+            raise ValueError(f"{path} is truncated or damaged (its header cannot be read); rebuild it with "
+                             f"ghostnetv3 cache-teacher") from None
     if header.get("format") != FORMAT:
         raise ValueError(f"{path} has format {header.get('format')!r}, this version reads {FORMAT!r}; rebuild it "
                          f"with ghostnetv3 cache-teacher")
@@ -137,6 +141,11 @@ class TeacherCache:
         self.header, data_start = _read_header(self.path)
         if not self.header.get("complete"):
             raise ValueError(f"{self.path} was not finished (the build was interrupted); run cache-teacher again")
+        need = data_start + max((spec["offset"] + int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+                                 for spec in self.header["arrays"].values()), default=0)
+        if self.path.stat().st_size < need:  # np.memmap would say only "mmap length is greater than file size"
+            raise ValueError(f"{self.path} is truncated ({self.path.stat().st_size} of {need} bytes); rebuild it "
+                             f"with ghostnetv3 cache-teacher")
         self.arrays = {
             name: np.memmap(self.path, dtype=spec["dtype"], mode="r", offset=data_start + spec["offset"],
                             shape=tuple(spec["shape"]))
