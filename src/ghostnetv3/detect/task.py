@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ghostnetv3.errors import UserError
+
 from .data import DetectionSet, load_detection_dataset
 from .model import build_detector
 
@@ -127,7 +129,7 @@ def coco_map(ds: DetectionSet, detections: list) -> dict[str, float]:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError:
-        raise RuntimeError("detection metrics need pycocotools: pip install 'ghostnetv3[detect]'") from None
+        raise UserError("detection metrics need pycocotools: pip install 'ghostnetv3[detect]'") from None
     if len(ds) == 0:
         raise ValueError("the validation set is empty")
     size = ds.images.shape[-1]
