@@ -42,12 +42,29 @@ def _randomize(m: RepConv2d, seed=0):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_fast_path_matches_per_branch_math(case, momentum):
+    _check_fast_path(case, momentum, (9, 7), channels_last=False)
+
+
+# maps smaller than the kernel (exact crop, the small-map matmul path), odd and non-square sizes
+SMALL_MAPS = [(1, 1), (2, 2), (2, 1), (1, 3), (3, 3), (4, 4), (3, 5)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("size", SMALL_MAPS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_fast_path_matches_per_branch_math_on_small_maps(case, size):
+    _check_fast_path(case, 0.1, size, channels_last=sum(size) % 2 == 0)
+
+
+def _check_fast_path(case, momentum, size, channels_last):
     cin, cout, k, s, g, B, sc, idb = case
     fast = _randomize(RepConv2d(cin, cout, k, s, groups=g, num_conv_branches=B, scale_branch=sc,
                                 identity_branch=idb, momentum=momentum).double())
     ref = copy.deepcopy(fast)
     ref.exact_fast_path = False
-    x = torch.randn(4, cin, 9, 7, dtype=torch.double) * 2 + 0.5
+    x = torch.randn(4, cin, *size, dtype=torch.double) * 2 + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        fast = fast.to(memory_format=torch.channels_last)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     for step in range(2):  # two steps: running statistics compound
         y1, y2 = fast(x1), ref(x2)

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .crop import SMALL_MAP_PIXELS, conv2d_cropped, crop_plan, depthwise_matrix, eager_shape_logic
+
 __all__ = ["RepConv2d", "fold_bn"]
 
 
@@ -178,10 +180,10 @@ class RepConv2d(nn.Module):
             return self.forward_reference(x)
         if not self.training:  # eval = the fused conv, computed on the fly
             kernel, bias = self.get_kernel_bias()
-            return F.conv2d(x, kernel, bias, self.stride, self.padding, 1, self.groups)
+            return conv2d_cropped(x, kernel, bias, self.stride, self.padding, self.groups)
         if self.linear_branches:
             kernel, bias = self._branch_kernel_bias()
-            z = F.conv2d(x, kernel, bias, self.stride, self.padding, 1, self.groups)
+            z = conv2d_cropped(x, kernel, bias, self.stride, self.padding, self.groups)
             return F.batch_norm(z, *self._bn("post_bn"), True, self._momentum(), self.eps)
         return self._forward_train(x)
 
@@ -226,6 +228,8 @@ class RepConv2d(nn.Module):
         xs = x[:, :, :: self.stride[0], :: self.stride[1]] if self.stride != (1, 1) else x
         if pointwise and self.groups == 1 and self._covariance_is_cheaper():
             return self._forward_pointwise_merged(x, xs, mom)
+        if depthwise and x.shape[2] * x.shape[3] <= SMALL_MAP_PIXELS and eager_shape_logic():
+            return self._forward_depthwise_small_map(x, mom)
         out = self._forward_stacked_branches(x, mom)
         if depthwise and (self.has_scale or self.has_identity):
             return out + self._channelwise_extras(xs, mom)
@@ -250,16 +254,62 @@ class RepConv2d(nn.Module):
         conv), which measured slower on CPU at 224 px (GhostNetV3-1.0 step 4.4 s vs 3.6 s)."""
         B, cout = self.num_conv_branches, self.out_channels
         if self.groups == 1 or B == 1:
-            z = F.conv2d(x, self.weight, None, self.stride, self.padding, 1, self.groups)
+            z = conv2d_cropped(x, self.weight, None, self.stride, self.padding, self.groups)
             z = F.batch_norm(z, self.bn_running_mean.view(-1), self.bn_running_var.view(-1),
                              self.bn_weight.view(-1), self.bn_bias.view(-1), True, mom, self.eps)
             return z if B == 1 else z.unflatten(1, (B, cout)).sum(1)
         out = 0
         for b, w in enumerate(self.branch_weight):
-            z = F.conv2d(x, w, None, self.stride, self.padding, 1, self.groups)
+            z = conv2d_cropped(x, w, None, self.stride, self.padding, self.groups)
             out = out + F.batch_norm(z, self.bn_running_mean[b], self.bn_running_var[b],
                                      self.bn_weight[b], self.bn_bias[b], True, mom, self.eps)
         return out
+
+    def _small_map_kernels(self, keep) -> torch.Tensor:
+        """Every branch's depthwise kernel, cropped to `keep`: [n, C, kh', kw'] (conv branches, then
+        the scale branch's 1×1 and the identity's one-hot at the centre tap)."""
+        (ylo, yhi), (xlo, xhi) = keep
+        kernels = [self.branch_weight[:, :, 0, ylo:yhi, xlo:xhi]]
+        cy, cx = self.kernel_size[0] // 2 - ylo, self.kernel_size[1] // 2 - xlo  # the centre is always kept
+        centre = [cx, xhi - xlo - 1 - cx, cy, yhi - ylo - 1 - cy]
+        if self.has_scale:
+            kernels.append(F.pad(self.scale_weight.view(1, -1, 1, 1), centre))
+        if self.has_identity:
+            kernels.append(F.pad(self.weight.new_ones(1, self.out_channels, 1, 1), centre))
+        return torch.cat(kernels)
+
+    def _forward_depthwise_small_map(self, x: torch.Tensor, mom: float) -> torch.Tensor:
+        """Depthwise sites on maps of ≤ SMALL_MAP_PIXELS pixels: every branch (conv, scale, identity)
+        as one batched matrix product on the taps that touch the input, then each branch's own
+        batch-statistics BN and the sum.  Same math as `forward_reference`, a few ops instead of
+        2·n slow conv kernels."""
+        N, C, H, W = x.shape
+        plan = crop_plan((H, W), self.kernel_size, self.stride, self.padding)
+        if plan is None:
+            keep = ((0, self.kernel_size[0]), (0, self.kernel_size[1]))
+            pads = tuple((p, p) for p in self.padding)
+            out = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip((H, W), self.padding, self.kernel_size, self.stride))
+        else:
+            keep, pads, out = plan
+        m = depthwise_matrix(self._small_map_kernels(keep), (H, W), self.stride, pads, out)  # [n, C, HW, HoWo]
+        z = torch.matmul(x.permute(1, 0, 2, 3).reshape(1, C, N, H * W), m)               # [n, C, N, HoWo]
+        var, mean = torch.var_mean(z, dim=(2, 3), correction=0)
+        count = N * out[0] * out[1]
+        B = self.num_conv_branches
+        gamma, beta = [self.bn_weight], self.bn_bias.sum(0)
+        self._update_running("bn", slice(None), mean[:B], var[:B], count, mom)
+        for i, prefix in enumerate(p for p in ("scale_bn", "identity_bn") if p in self.bn_prefixes()):
+            self._update_running(prefix, slice(None), mean[B + i], var[B + i], count, mom)
+            gamma.append(getattr(self, f"{prefix}_weight")[None])
+            # Σβ as a sum, not cat(...).sum(0): autograd would hand every β a row of one expanded
+            # gradient, and AccumulateGrad would then keep those aliased rows as their .grad
+            beta = beta + getattr(self, f"{prefix}_bias")
+        a = torch.cat(gamma) * torch.rsqrt(var + self.eps)                                   # [n, C]
+        shift = beta - (a * mean).sum(0)
+        y = (z * a[:, :, None, None]).sum(0) + shift[:, None, None]                         # [C, N, HoWo]
+        y = y.reshape(C, N, *out).permute(1, 0, 2, 3)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def _update_running(self, prefix: str, idx, mean: torch.Tensor, var: torch.Tensor, n: int, mom: float):
         rm, rv = getattr(self, f"{prefix}_running_mean"), getattr(self, f"{prefix}_running_var")
