@@ -95,3 +95,16 @@ def test_resize_matrix_is_unchanged_by_chunking():
         ref = torch.nn.functional.interpolate(eye, size=(m, n), mode="bilinear", align_corners=False,
                                               antialias=m < n)[0, 0]
         assert torch.equal(D._resize_matrix(n, m), ref)
+
+
+def test_elongated_image_resize_memory_is_bounded():
+    """Peak memory of cropping an 8000 x 10 strip to 32 px (was ~1 GB: the whole 25600 x 8000 matrix)."""
+    import subprocess
+    import sys
+    code = ("import resource, torch; from ghostnetv3.data import datasets as D; "
+            "t = torch.full((1, 8000, 10), 200, dtype=torch.uint8); "
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; D._short_side_center_crop(t, 32); "
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert int(out.stdout.strip()) < 300, f"peak RSS grew by {out.stdout.strip()} MB"

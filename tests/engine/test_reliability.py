@@ -346,3 +346,19 @@ def test_safeload_first_intact_raises_the_first_error_when_none_reads(tmp_path):
     b.write_bytes(b"garbage!")
     with pytest.raises(BadCheckpoint, match="best.pt: it is empty"):
         safeload.first_intact([a, b])
+
+
+def test_unknown_model_hint_lists_each_name_once():
+    from ghostnetv3 import create_model
+    with pytest.raises(ValueError) as e:
+        create_model("ghostnetv3_100x")
+    near = str(e.value).split("did you mean ")[1].split("?")[0].split(", ")
+    assert len(near) == len(set(near)) and "ghostnetv3_100" in near
+
+
+def test_deploy_num_classes_mismatch_does_not_suggest_a_flag_export_lacks(trained_run):
+    from ghostnetv3.deploy.load import load_for_deploy
+    with pytest.raises(ValueError, match=r"holds a 10-class head; --num-classes 5 does not fit it: drop "
+                                         r"--num-classes") as e:
+        load_for_deploy(trained_run[0], num_classes=5)
+    assert "train --init-checkpoint" in str(e.value)

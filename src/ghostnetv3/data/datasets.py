@@ -268,7 +268,7 @@ def _resize_matrix(n: int, m: int, rows: slice | None = None, chunk: int = 256) 
         eye[torch.arange(lo, hi), torch.arange(hi - lo)] = 1.0
         out = F.interpolate(eye[None, None], size=(m, hi - lo), mode="bilinear", align_corners=False,
                             antialias=m < n)[0, 0, :, j - lo:]
-        cols.append(out if rows is None else out[rows])
+        cols.append(out if rows is None else out[rows].clone())  # clone: a view would keep all m rows alive
     return torch.cat(cols, dim=1)
 
 
