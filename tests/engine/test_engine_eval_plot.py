@@ -27,7 +27,7 @@ def ghost_run(tmp_path_factory):
 
 def test_eval_reports_raw_ema_and_fused(ghost_run):
     run_dir, summary, val = ghost_run
-    r = evaluate_checkpoint(run_dir, val_set=val)
+    r = evaluate_checkpoint(run_dir, val_set=val, weights="ema")  # fuse the EMA weights (default: best_source)
     assert r["checkpoint"].endswith("best.pt") and r["n"] == 64 and r["fused_from"] == "ema"
     best = load(run_dir / "best.pt")
     # eval of the saved weights (train form) reproduces what training logged (fused copies) for that epoch
@@ -47,7 +47,7 @@ def test_eval_reports_raw_ema_and_fused(ghost_run):
 
 def test_eval_cli_table_and_missing_checkpoint(ghost_run, tmp_path):
     run_dir, _, _ = ghost_run
-    r = run_cli(["eval", str(run_dir), "--val-subset", "64"])
+    r = run_cli(["eval", str(run_dir), "--val-subset", "64", "--weights", "ema"])
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {line.split()[0] + (" " + line.split()[1] if line.startswith("fused") else ""): line
             for line in r.stdout.splitlines()[2:5]}

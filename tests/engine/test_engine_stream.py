@@ -64,7 +64,7 @@ def test_stream_trains_and_writes_checkpoints(tmp_path, folder, capsys, monkeypa
         raise AssertionError("eval decoded the dataset into memory")
 
     monkeypatch.setattr(ghostnetv3.data, "load_dataset", no_decoding)
-    r = evaluate_checkpoint(run / ckpt_io.LAST)
+    r = evaluate_checkpoint(run / ckpt_io.LAST, weights="ema")
     assert r["n"] == 12 and r["fused"]["top1"] == pytest.approx(s["ema_top1"])
 
 
