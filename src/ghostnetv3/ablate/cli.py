@@ -16,7 +16,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seeds", type=int, help="seeds per arm (default: the plan's)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (default: 1)")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs)")
-    p.add_argument("--arms", help="comma-separated arm names to run (default: all; the report covers all)")
+    p.add_argument("--arms", help="comma-separated arm names to run, plus the reference arms their comparisons "
+                                  "need (default: all; the report covers all)")
+    p.add_argument("--no-refs", action="store_true",
+                   help="with --arms: run only the arms named, and list the references still missing")
+    b = p.add_argument_group("budget overrides (a quick look; runs and report get their own name)")
+    for flag, key in (("--epochs", "epochs"), ("--train-subset", "train_subset"), ("--val-subset", "val_subset"),
+                      ("--batch-size", "batch_size"), ("--img-size", "img_size")):
+        b.add_argument(flag, dest=f"budget_{key}", type=int, metavar="N", help=f"{key} of every arm")
+    b.add_argument("--set", dest="budget_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other recipe key for every arm (repeatable)")
     p.add_argument("--output", help="run directory root (default: the plan's output)")
     p.add_argument("--results-dir", help="where the report goes (default: the plan's results_dir)")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs; train nothing")
@@ -24,12 +33,27 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=_cmd)
 
 
+def _budget(args: argparse.Namespace) -> dict:
+    out = {k[len("budget_"):]: v for k, v in vars(args).items()
+           if k.startswith("budget_") and k != "budget_set" and v is not None}
+    for item in args.budget_set:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def _cmd(args: argparse.Namespace) -> int:
-    from .plan import load_plan, run_name
+    from .plan import load_plan, run_name, with_budget, with_references
     from .report import write_report
     from .runner import RESULT, Runner
 
     plan = load_plan(args.plan, seeds=args.seeds, output=args.output, results_dir=args.results_dir)
+    base_name = plan.name
+    plan = with_budget(plan, _budget(args))
+    if plan.name != base_name:
+        print(f"budget overrides: runs in {plan.run_root}, report ablation_{plan.name}.*", flush=True)
     arms = None
     if args.arms:
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -37,6 +61,17 @@ def _cmd(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--arms: '{unknown[0]}' is not an arm of {args.plan}; "
                              f"arms: {', '.join(a.name for a in plan.arms)}")
+        needed = with_references(plan, arms)
+        extra = [a for a in needed if a not in arms]
+        if extra and not args.no_refs:
+            print(f"--arms: also running the reference arm(s) their comparisons need: {', '.join(extra)}", flush=True)
+            arms = needed
+        elif extra:
+            missing = [a for a in extra
+                       if not all((plan.run_root / run_name(a, s) / RESULT).exists() for s in range(plan.seeds))]
+            if missing:
+                print(f"--no-refs: reference arm(s) without finished runs: {', '.join(missing)}; the claims "
+                      f"comparing to them stay inconclusive", flush=True)
     runner = Runner(plan, jobs=args.jobs, threads=args.threads, log=lambda m: print(m, flush=True))
     if args.dry_run:
         for arm, seed in runner.todo(arms):

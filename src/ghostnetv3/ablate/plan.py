@@ -92,6 +92,32 @@ class Plan:
         return cfg.replace(**unset) if unset else cfg
 
 
+def with_references(plan: Plan, arms: list[str]) -> list[str]:
+    """`arms` plus the arms their comparisons need — each selected arm's `ref` and the reference of each
+    claim about a selected arm (not the references' own references) — in plan order."""
+    need = set(arms)
+    need |= {a.ref for a in plan.arms if a.name in arms and a.ref is not None}
+    need |= {c.ref for c in plan.claims if c.arm in arms}
+    return [a.name for a in plan.arms if a.name in need]
+
+
+def with_budget(plan: Plan, overrides: dict[str, Any]) -> Plan:
+    """The plan with `common` budget keys overridden (e.g. --epochs 1 for a quick look). Its runs and
+    report get their own name (`<name>-epochs1-...`), so they never mix with the full plan's."""
+    if not overrides:
+        return plan
+    check_keys(overrides, source=" (ablate budget override)")
+    overrides = {normalize_key(k): v for k, v in overrides.items()}
+    for reserved in ("seed", "output", "experiment", "resume"):
+        if reserved in overrides:
+            raise ValueError(f"'{reserved}' is set by the harness; it cannot be overridden")
+    tag = "-".join(f"{k.replace('_', '')}{v}" for k, v in sorted(overrides.items()))
+    new = dataclasses.replace(plan, common={**plan.common, **overrides}, name=f"{plan.name}-{tag}")
+    for a in new.arms:
+        new.config(a, 0)
+    return new
+
+
 def run_name(arm: str, seed: int) -> str:
     return f"{arm}-s{seed}"
 

@@ -167,31 +167,61 @@ def to_markdown(s: dict[str, Any]) -> str:
 
 
 def plot(s: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(s)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def figure(s: dict[str, Any]):
+    """Top row: each arm's mean ± std on an axis from 0 (a truncated axis makes small gaps look large).
+    Bottom row: each arm's paired difference to its reference, with the 95% interval as error bars
+    around 0 — the quantity the claims are judged on."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = s["metrics"]
     arms = s["arms"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6, 0.55 * len(arms)) * len(metrics) / 1.3, 4.5),
+    fig, axes = plt.subplots(2, len(metrics), figsize=(max(6, 0.55 * len(arms)) * len(metrics) / 1.3, 8.5),
                              squeeze=False)
-    for ax, m in zip(axes[0], metrics):
+    names = [a["name"] for a in arms]
+    for col, m in enumerate(metrics):
+        ax = axes[0][col]
         means = [a[m]["mean"] if a[m]["mean"] is not None else 0.0 for a in arms]
         stds = [a[m]["std"] or 0.0 for a in arms]
         ax.bar(range(len(arms)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
-        lo = [mu - sd for mu, sd in zip(means, stds) if mu > 0]
-        if lo:
-            ax.set_ylim(max(0.0, min(lo) - 3), min(100.0, max(mu + sd for mu, sd in zip(means, stds)) + 2))
+        ax.set_ylim(0.0, 100.0)
         ax.set_xticks(range(len(arms)))
-        ax.set_xticklabels([a["name"] for a in arms], rotation=60, ha="right", fontsize=8)
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel(f"{LABELS[m]} (%), mean ± std over seeds")
+        ax.grid(axis="y", alpha=0.3)
+
+        ax = axes[1][col]
+        xs, ds, err = [], [], [[], []]
+        for i, a in enumerate(arms):
+            d = (a[m].get("diff_vs_ref") or {})
+            if d.get("mean") is None:
+                continue
+            xs.append(i)
+            ds.append(d["mean"])
+            lo, hi = d["ci"] if d.get("ci") else (d["mean"], d["mean"])
+            err[0].append(d["mean"] - lo)
+            err[1].append(hi - d["mean"])
+        ax.axhline(0.0, color="black", lw=0.8)
+        if xs:
+            ax.errorbar(xs, ds, yerr=err, fmt="o", capsize=4, color="tab:red")
+        ax.set_xticks(range(len(arms)))
+        ax.set_xticklabels([f"{a['name']} - {a['ref']}" if a.get("ref") else a["name"] for a in arms],
+                           rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel(f"{LABELS[m]}: arm - reference (points), 95% CI")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"ablation: {s['name']} ({s['finished_runs']}/{s['planned_runs']} runs)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig
 
 
 def write_report(plan: Plan, results: dict[str, Any]) -> dict[str, Path]:

@@ -61,7 +61,10 @@ def score_run(run_dir: Path) -> dict[str, Any]:
     weights, from last.pt (the final epoch: no selection on the validation set)."""
     from ghostnetv3.engine.evaluate import evaluate_checkpoint
 
-    r = evaluate_checkpoint(run_dir / ckpt_io.LAST, confusion=True)
+    last = run_dir / ckpt_io.LAST
+    # the final EMA when there is one, whatever validation preferred: no selection on the validation set
+    has_ema = ckpt_io.load(last).get("state_dict_ema") is not None
+    r = evaluate_checkpoint(last, confusion=True, weights="ema" if has_ema else "raw")
     out = scores_from_confusion(r["fused"]["confusion"])
     out.update(raw_top1=r["raw"]["top1"], ema_top1=(r["ema"] or {}).get("top1"), scored=r["fused_from"],
                fusion_max_diff=r["fusion_max_diff"], n_val=r["n"])
@@ -235,20 +238,22 @@ class Runner:
             self.ensure_teacher()
         failures: list[str] = []
 
-        def one(item):
-            arm, seed = item
+        def one(numbered):
+            i, (arm, seed) = numbered
+            self.log(f"[ablate] run {i}/{len(todo)}: {run_name(arm.name, seed)}")
             try:
                 self.run_arm(arm, seed)
             except RunFailed as e:
                 self.log(f"[ablate] {e}")
                 failures.append(str(e))
 
+        numbered = list(enumerate(todo, start=1))
         if self.jobs == 1:
-            for item in todo:
+            for item in numbered:
                 one(item)
         else:
             with ThreadPoolExecutor(self.jobs) as pool:
-                list(pool.map(one, todo))
+                list(pool.map(one, numbered))
         return failures
 
     def results(self) -> dict[str, Any]:

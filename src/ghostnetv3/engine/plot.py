@@ -1,4 +1,9 @@
-"""`ghostnetv3 plot RUN_DIR`: training curves from metrics.jsonl as one PNG."""
+"""`ghostnetv3 plot RUN_DIR`: training curves from metrics.jsonl as one PNG.
+
+The lr panel is the schedule itself, recomputed for every optimizer step from the run's config (the
+lr is a pure function of the global step), so it does not depend on --log-interval. Losses are on a
+log axis: one early spike (a validation loss of 155) must not flatten the rest.
+"""
 from __future__ import annotations
 
 import json
@@ -19,6 +24,32 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return recs
 
 
+def lr_per_step(run_dir: str | Path, steps_per_epoch: int, max_points: int = 4000) -> tuple[list[float], list[float]]:
+    """(epoch positions, lr) of the run's schedule at up to `max_points` optimizer steps; ([], []) when the
+    run has no config.yaml."""
+    import torch
+    from timm.scheduler import create_scheduler_v2
+
+    from .config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file() or steps_per_epoch < 1:
+        return [], []
+    cfg = load_config(path)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    sched, _ = create_scheduler_v2(opt, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
+                                   warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
+                                   step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+    stride = max(1, total // max_points)
+    xs, lrs = [], []
+    for step in range(0, total, stride):
+        sched.step_update(num_updates=step)
+        xs.append(step / steps_per_epoch)
+        lrs.append(opt.param_groups[0]["lr"])
+    return xs, lrs
+
+
 def plot_run(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -31,23 +62,28 @@ def plot_run(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
         raise ValueError(f"{run_dir}/metrics.jsonl has no finished step or epoch yet")
     fig, (ax_loss, ax_lr, ax_acc) = plt.subplots(1, 3, figsize=(15, 4))
 
-    if steps:
-        # steps per epoch, for an epoch x-axis: exact once an epoch has finished
-        spe = epochs[0]["global_step"] / epochs[0]["epoch"] if epochs else max(r["step"] for r in steps)
-        ax_loss.plot([r["epoch"] - 1 + r["step"] / spe for r in steps], [r["loss"] for r in steps],
-                     lw=0.8, alpha=0.5, label="train (step)")
-        ax_lr.plot([r["epoch"] - 1 + r["step"] / spe for r in steps], [r["lr"] for r in steps], label="lr")
+    # steps per epoch, for an epoch x-axis: exact once an epoch has finished
+    spe = epochs[0]["global_step"] / epochs[0]["epoch"] if epochs else max(r["step"] for r in steps)
     ex = [r["epoch"] for r in epochs]
+    if steps:
+        sx = [r["epoch"] - 1 + r["step"] / spe for r in steps]
+        ax_loss.plot(sx, [r["loss"] for r in steps], lw=0.8, alpha=0.5, label="train (step)")
     if epochs:
         ax_loss.plot(ex, [r["train_loss"] for r in epochs], "o-", label="train (epoch mean)")
         if "val_loss" in epochs[0]:
             ax_loss.plot(ex, [r["val_loss"] for r in epochs], "s-", label="val raw")
-        if not steps:
-            ax_lr.plot(ex, [r["lr"] for r in epochs], "o-", label="lr")
         ax_acc.plot(ex, [r.get("val_top1") for r in epochs], "o-", label="raw")
         if "ema_top1" in epochs[0]:
             ax_acc.plot(ex, [r.get("ema_top1") for r in epochs], "s-", label="EMA")
-    ax_loss.set(title="loss", xlabel="epoch")
+    xs, lrs = lr_per_step(run_dir, int(round(spe)))
+    if xs:
+        ax_lr.plot(xs, lrs, label="lr (schedule, every step)")
+    if steps:
+        # a step record holds the lr that step used: the schedule at the step before it
+        ax_lr.plot([x - 1 / spe for x in sx], [r["lr"] for r in steps], ".", ms=4, label="lr (logged steps)")
+    elif epochs and not xs:
+        ax_lr.plot(ex, [r["lr"] for r in epochs], "o-", label="lr (end of epoch)")
+    ax_loss.set(title="loss (log scale)", xlabel="epoch", yscale="log")
     ax_lr.set(title="learning rate", xlabel="epoch")
     ax_acc.set(title="val top-1 (%)", xlabel="epoch")
     for ax in (ax_loss, ax_lr, ax_acc):
