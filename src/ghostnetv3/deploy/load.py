@@ -201,6 +201,12 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
     use_ema = choice is not None and choice.use_ema
     sd, weights = (read_state_dict(ckpt_path, use_ema) if ckpt_path else ({}, "random"))
     inferred = _infer_from_weights(sd)
+    if num_classes is not None and inferred.get("num_classes") not in (None, num_classes):
+        # deploy commands have no --reset-head: a head of another size is not this model
+        raise ValueError(f"{ckpt_path} holds a {inferred['num_classes']}-class head; --num-classes {num_classes} "
+                         f"does not fit it: drop --num-classes (it is read from the checkpoint), or fine-tune "
+                         f"for {num_classes} classes with `ghostnetv3 train --init-checkpoint {ckpt_path} "
+                         f"--reset-head --num-classes {num_classes}`")
     for key, value, default in (("num_classes", num_classes, 1000), ("in_chans", in_chans, 3),
                                 ("img_size", img_size, 224)):
         if value is not None:

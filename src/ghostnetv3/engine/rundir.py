@@ -21,22 +21,23 @@ _held: dict[Path, "RunDirLock"] = {}  # the locks this process holds, by resolve
 class RunDirLock:
     def __init__(self, run_dir: Path, fd: int, created: bool):
         self.run_dir, self.fd, self.created = run_dir, fd, created
+        self.key = run_dir.resolve()
 
     def release(self) -> None:
         """Unlock; a directory this run created and left with nothing but the lock is removed
         (a run that failed at start leaves no empty directory behind)."""
         if self.fd < 0:
             return
-        os.close(self.fd)  # closing the only descriptor drops the flock
-        self.fd = -1
-        _held.pop(self.run_dir.resolve(), None)
-        if self.created:
+        if self.created:  # removed while still locked, so no twin can take the lock of a deleted file
             try:
                 if {p.name for p in self.run_dir.iterdir()} <= {LOCK_FILE}:
                     (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
                     self.run_dir.rmdir()
             except OSError:
                 pass
+        os.close(self.fd)  # closing the only descriptor drops the flock
+        self.fd = -1
+        _held.pop(self.key, None)
 
 
 def _holder(fd: int) -> Optional[str]:
@@ -67,6 +68,14 @@ def lock_run_dir(run_dir: str | os.PathLike, created: bool = False) -> RunDirLoc
     except OSError:
         os.close(fd)
         raise
+    try:  # a failed run removed the file (and its directory) while we waited on it: lock the new one
+        same = os.fstat(fd).st_ino == os.stat(run_dir / LOCK_FILE).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return lock_run_dir(run_dir, created)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     lock = _held[key] = RunDirLock(run_dir, fd, created)
