@@ -291,6 +291,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(f"threads: {threads} per process ({'--threads' if args.threads else default_threads_why()})",
               flush=True)
+        hint = busy_machine_hint(threads)
+        if hint:
+            print(hint, flush=True)
     try:
         summary = train(cfg)
     except TrainingInterrupted as e:
@@ -300,6 +303,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(format_summary(summary))
         print(json.dumps(summary))
     return 0
+
+
+def busy_machine_hint(threads: int) -> str | None:
+    """A note when other jobs already keep the cores busy: OpenMP threads then spin-wait for each other.
+    Measured on 2 shared cores at load 4.3 (benchmarks/threads_under_load.py, docs/benchmarks.md): 2 threads
+    12 img/s, 2 threads with OMP_WAIT_POLICY=PASSIVE 62, 1 thread 123."""
+    if threads < 2 or os.environ.get("OMP_WAIT_POLICY"):
+        return None
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if load <= cores:
+        return None
+    return (f"note: load average {load:.1f} on {cores} cores: other jobs compete for them, and {threads} OpenMP "
+            f"threads spin-waiting for each other can run several times slower than 1; consider --threads 1 "
+            f"or OMP_WAIT_POLICY=PASSIVE")
 
 
 def default_threads_why() -> str:
