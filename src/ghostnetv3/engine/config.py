@@ -32,6 +32,7 @@ class TrainConfig:
     num_conv_branches: Optional[int] = None  # re-parameterization branches; None: the model's default
     scale_branch: Optional[bool] = None  # the 1x1 "scale" branch of each k x k site; None: on (GhostNetV3 models)
     identity_branch: Optional[bool] = None  # the BN-only identity branch; None: on (GhostNetV3 models)
+    rep_init: str = "reference"          # branch BN gamma at init: reference (1) | scaled (1/sqrt(branches at the site))
     width: Optional[float] = None        # None: the width in the model's name
     stem_stride: Optional[int] = None    # 1 keeps tiny images (28-32 px) from shrinking to 1x1
     drop_rate: Optional[float] = None    # classifier dropout; None: the model's default
@@ -68,19 +69,21 @@ class TrainConfig:
 
     # --- optimisation (SPEC section 3 defaults) ---
     epochs: int = 300
+    time_limit: Optional[float] = None   # minutes of training (evaluation excluded): the schedule is planned to end then
     batch_size: int = 128                # the GLOBAL batch: each of N DDP ranks sees batch_size // N
     opt: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 2e-5
     sched: str = "cosine"
-    warmup_epochs: float = 3
+    warmup_epochs: Optional[float] = None  # None/auto: 5% of the run, at most 3 epochs (the paper's 3 of 300)
     warmup_lr: float = 1e-4
     min_lr: float = 1e-5
     smoothing: float = 0.1
     clip_grad: Optional[float] = None    # max gradient norm
     model_ema: bool = True
-    model_ema_decay: float = 0.9998
+    model_ema_decay: Optional[float] = None  # None/auto: 1 - 1/(model_ema_horizon x the run's steps); paper 0.9998
+    model_ema_horizon: float = 0.1       # auto decay: the EMA's horizon as a fraction of the run's optimizer steps
     model_ema_warmup: bool = False       # ramp the decay up from 0 (timm ModelEmaV3 use_warmup): short runs
 
     # --- knowledge distillation (ghostnetv3.distill) ---
@@ -96,7 +99,7 @@ class TrainConfig:
 
     # --- execution ---
     amp: str = "none"                    # none | bf16 | fp16 (fp16 needs CUDA)
-    channels_last: bool = False
+    channels_last: Optional[bool] = None  # None/auto: the layout a few timed steps find faster for this model and device
     compile: bool = False
     device: Optional[str] = None         # None: cuda when available, else cpu
     seed: int = 42
@@ -111,12 +114,16 @@ class TrainConfig:
             setattr(self, f.name, coerce(f.name, getattr(self, f.name)))
         choices = {"amp": ("none", "bf16", "fp16"), "crop_mode": ("rrc", "pad_crop", "none"),
                    "on_bad_image": ("fail", "skip"), "data_mode": ("memory", "stream", "auto"),
-                   "kd_loss": ("kl", "soft-ce", "hard")}
+                   "kd_loss": ("kl", "soft-ce", "hard"), "rep_init": ("reference", "scaled")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit: {self.time_limit} minutes; give a positive number (or leave it unset)")
+        if not 0 < self.model_ema_horizon <= 1:
+            raise ValueError(f"model_ema_horizon: {self.model_ema_horizon}; a fraction of the run in (0, 1]")
 
     @property
     def data_split_seed(self) -> int:
@@ -169,9 +176,15 @@ def is_sequence(name: str) -> bool:
     return typing.get_origin(_base_type(_HINTS[name])[0]) is tuple
 
 
+# keys whose unset value (None) means "chosen for the run"; `auto` on the CLI or in YAML says the same
+AUTO_KEYS = ("warmup_epochs", "model_ema_decay", "channels_last")
+
+
 def coerce(name: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, with an error naming the key."""
     base, optional = _base_type(_HINTS[name])
+    if name in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
+        value = None
     if isinstance(value, str) and base is not str and value.strip().lower() in ("none", "null", "~", ""):
         value = None
     if value is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from ghostnetv3.errors import SaveError, UserError
 
 from . import checkpoint as ckpt_io
 from . import rundir
+from .budget import RunPlan, TimeBudget, build_scheduler, choose_channels_last, make_plan
 from .config import TrainConfig
 from .inputs import check_train_classes
 
@@ -381,6 +383,51 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[
         rundir.release_since(before, failed=not ok)
 
 
+def _resolve_channels_last(cfg: TrainConfig, model: nn.Module, saved_plan: Optional[RunPlan], in_chans: int,
+                           num_classes: int, d: "Dist", device: torch.device, task) -> bool:
+    """`channels_last: auto`: the layout a few timed steps of a copy of the model find faster (on
+    resume: the layout the run started with); rank 0 decides for all ranks."""
+    if saved_plan is not None:
+        return saved_plan.channels_last
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    if task is not None:  # a task's model needs its own targets to step; keep NCHW
+        return False
+    choice = [False]
+    if d.main:
+        shape = (max(2, cfg.batch_size // d.world_size), in_chans, cfg.img_size, cfg.img_size)
+        choice[0], times = choose_channels_last(model, shape, num_classes, device)
+        print(f"channels_last auto: {'channels_last' if choice[0] else 'NCHW'} "
+              f"({times['channels_last'] * 1e3:.0f} vs {times['nchw'] * 1e3:.0f} ms per step NCHW, timed on a copy)",
+              flush=True)
+    if d.enabled:
+        dist.broadcast_object_list(choice, src=0)
+    return bool(choice[0])
+
+
+def _make_run_plan(cfg: TrainConfig, saved_plan: Optional[RunPlan], steps_per_epoch: int,
+                   channels_last: bool) -> RunPlan:
+    """The run's plan: a time-budget run keeps the plan it calibrated; an epoch run plans from the
+    config (so `--resume --epochs N` extends it as before)."""
+    if cfg.time_limit and saved_plan is not None and saved_plan.calibrated \
+            and saved_plan.steps_per_epoch == steps_per_epoch:
+        return saved_plan
+    return make_plan(cfg, steps_per_epoch, channels_last, calibrated=not cfg.time_limit)
+
+
+def _calibrate_budget(cfg: TrainConfig, budget: TimeBudget, steps_done: int, train_seconds: float,
+                      steps_per_epoch: int, channels_last: bool, d: "Dist") -> RunPlan:
+    """The time-budget plan from the rate of the first steps (rank 0's, shared with all ranks)."""
+    total = [budget.plan_total(steps_done, train_seconds)]
+    if d.enabled:
+        dist.broadcast_object_list(total, src=0)
+    plan = make_plan(cfg, steps_per_epoch, channels_last, total_steps=total[0], calibrated=True)
+    if d.main:
+        print(f"time budget {cfg.time_limit:g} min: {steps_done / max(train_seconds, 1e-9):.2f} steps/s over the "
+              f"first {steps_done} steps -> schedule of {plan.describe()}", flush=True)
+    return plan
+
+
 def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary (also the last line of metrics.jsonl).
 
@@ -394,7 +441,6 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
     from tqdm import tqdm
 
@@ -445,8 +491,12 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                              "normalises with its own batch statistics")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if cfg.channels_last:
+    saved_plan = RunPlan.from_dict(state["plan"]) if state is not None and state.get("plan") else None
+    channels_last = _resolve_channels_last(cfg, model, saved_plan, in_chans, num_classes, d, device, task)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # `cfg` from here on carries the run's decisions; `user_cfg` is what was asked (saved, compared on resume)
+    user_cfg, cfg = cfg, dataclasses.replace(cfg, channels_last=channels_last)
     torch.manual_seed(cfg.seed + d.rank)
 
     from ghostnetv3.data import BatchAugment
@@ -471,13 +521,13 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
     optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)
     # stepped per optimizer update: the lr is a pure function of the global step, so resume is exact
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
-                                       warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
-                                       step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    plan = _make_run_plan(cfg, saved_plan, steps_per_epoch, channels_last)
+    scheduler = build_scheduler(optimizer, cfg, plan)
+    budget = TimeBudget(cfg.time_limit * 60.0) if cfg.time_limit and not plan.calibrated else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     ema = None
     if cfg.model_ema and d.main:  # rank 0 keeps the EMA, updated from the unwrapped module
-        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
+        ema = ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.model_ema_warmup)
 
     mixup_fn = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -505,7 +555,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
             if state.get("state_dict_ema") is not None:
                 ema.module.load_state_dict(state["state_dict_ema"])
             else:
-                ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
+                ema = ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.model_ema_warmup)
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         # the schedule is rebuilt from the config (so --epochs can extend a run) and set to the saved step
         scheduler.step_update(num_updates=global_step)
@@ -528,15 +578,21 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         model = torch.compile(model)
 
     if d.main:
-        cfg.save(run_dir / "config.yaml")
+        user_cfg.save(run_dir / "config.yaml")
+        plan.save(run_dir)
         n_params = sum(p.numel() for p in model_without_ddp.parameters())
-        skipped = len(getattr(train_set, "skipped", []) or []) + len(getattr(val_set, "skipped", []) or [])
+        # one folder split into train/val: both sets carry the same skipped files; count each file once
+        skipped = len(set(getattr(train_set, "skipped", []) or []) | set(getattr(val_set, "skipped", []) or []))
         print(f"{cfg.model} ({n_params / 1e6:.2f}M params, {num_classes} classes, {in_chans} ch) | "
               f"{len(train_set)} train / {len(val_set)} val images"
               + (f", {skipped} unreadable skipped" if skipped else "")
-              + f" | {steps_per_epoch} steps/epoch x {cfg.epochs} | {d.world_size} x {device} | "
+              + f" | {steps_per_epoch} steps/epoch x {plan.total_steps / steps_per_epoch:.3g} | {d.world_size} x {device} | "
+              + (f"KD from {cfg.teacher_cache or cfg.teacher} ({cfg.kd_loss}, weight {cfg.kd_weight:g}) | "
+                 if distiller is not None else "")
               + ("resuming at epoch {} step {} | ".format(start_epoch + 1, start_step) if state is not None else "")
               + f"run dir {run_dir}", flush=True)
+        print(f"plan: {plan.describe()}" + ("; the time budget is planned after the first "
+              f"{budget.calibration_steps} steps" if budget is not None else ""), flush=True)
     log = MetricsLog(run_dir, d.main)
 
     def save(path_name: str, epoch: int, step: int) -> None:
@@ -558,20 +614,23 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
             f"best_{metric}": best["value"], "best_epoch": best["epoch"], "best_source": best["source"],
             "elapsed": elapsed + (time.perf_counter() - t_start),
             "num_classes": num_classes, "in_chans": in_chans, "classes": list(map(str, train_set.classes)),
-            "config": cfg.to_dict(),
+            "config": user_cfg.to_dict(), "plan": plan.to_dict(),
         }, run_dir / path_name)
 
     summary: dict[str, Any] = {}
     t_start = time.perf_counter()
+    train_time = 0.0  # seconds in training steps this process (evaluation excluded): what a time budget counts
     try:
         with StopFlag() as stop:
-            for epoch in range(start_epoch, cfg.epochs):
+            for epoch in itertools.count(start_epoch):
+                if epoch >= plan.epochs:  # the plan may shrink or grow once a time budget is calibrated
+                    break
                 loader.set_epoch(epoch)
                 model.train()
                 first = start_step if epoch == start_epoch else 0
                 if first == 0:
                     loss_sum, loss_count, parts_sum = 0.0, 0, {}
-                bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{plan.epochs}",
                            disable=not d.main, mininterval=1.0, dynamic_ncols=True, leave=False)
                 t_epoch, seen = time.perf_counter(), 0
                 for step, batch in enumerate(loader.iter_from(first), start=first):
@@ -615,6 +674,16 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                     scheduler.step_update(num_updates=global_step)
                     if ema is not None:
                         ema.update(model_without_ddp, step=global_step)
+                    if budget is not None and global_step >= budget.calibration_steps:
+                        plan = _calibrate_budget(cfg, budget, global_step, train_time + time.perf_counter() - t_epoch,
+                                                 steps_per_epoch, channels_last, d)
+                        scheduler = build_scheduler(optimizer, cfg, plan)
+                        scheduler.step_update(num_updates=global_step)
+                        if ema is not None:
+                            ema.decay = plan.ema_decay
+                        if d.main:
+                            plan.save(run_dir)
+                        budget = None
 
                     loss_val = flags[3].item()
                     loss_sum += loss_val
@@ -636,8 +705,11 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                     if cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0 \
                             and step + 1 < steps_per_epoch:
                         save(ckpt_io.LAST, epoch, step + 1)
+                    if global_step >= plan.total_steps:  # the schedule ends inside this epoch
+                        break
                 bar.close()
                 epoch_time = time.perf_counter() - t_epoch
+                train_time += epoch_time
 
                 # -- evaluate on rank 0 over the whole validation set (exact, no padding)
                 rec: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "global_step": global_step,
@@ -662,7 +734,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                     rec.update({f"best_{metric}": best["value"], "best_epoch": best["epoch"], "best_source": best["source"]})
                     log.write(rec)
                     ema_txt = f"  ema {metric} {rec['ema_' + metric]:.2f}" if ema is not None else ""
-                    print(f"epoch {epoch + 1}/{cfg.epochs}  loss {rec['train_loss']:.4f}  "
+                    print(f"epoch {epoch + 1}/{plan.epochs}  loss {rec['train_loss']:.4f}  "
                           f"{metric} {rec['val_' + metric]:.2f}{ema_txt}  lr {rec['lr']:.2e}  "
                           f"{rec['train_img_s']:.0f} img/s  {epoch_time:.0f}s", flush=True)
                     summary = rec
@@ -677,7 +749,8 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                         "best_source": best["source"], "epoch": epoch + 1, "metrics": {
                             k: v for k, v in summary.items() if isinstance(v, (int, float))},
                         "num_classes": num_classes, "in_chans": in_chans,
-                        "classes": list(map(str, train_set.classes)), "config": cfg.to_dict(),
+                        "classes": list(map(str, train_set.classes)), "config": user_cfg.to_dict(),
+                        "plan": plan.to_dict(),
                     }, run_dir / ckpt_io.BEST)
     except BaseException:
         if d.enabled and dist.is_initialized():

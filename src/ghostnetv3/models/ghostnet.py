@@ -14,17 +14,20 @@ Differences from the reference, on purpose:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..rep import RepConv2d
+from ..rep.crop import CropConv2d
 
-__all__ = ["GhostNet", "GhostModule", "GhostBottleneck", "BLOCK_CFGS", "make_divisible"]
+__all__ = ["GhostNet", "create_ghostnet", "GhostModule", "GhostBottleneck", "BLOCK_CFGS", "make_divisible"]
 
 # (kernel, expansion, out, SE ratio, stride) per bottleneck; one list per stage (as in the reference).
 BLOCK_CFGS = [
@@ -56,11 +59,12 @@ class BranchConfig:
     scale_branch: bool = True
     identity_branch: bool = True
     linear_branches: bool = False
+    rep_init: str = "reference"          # branch BN γ: 1 (reference) or 1/√n (scaled); see RepConv2d
 
     def conv(self, cin, cout, k, stride=1, groups=1, **kw) -> RepConv2d:
         return RepConv2d(cin, cout, k, stride, groups=groups, num_conv_branches=self.num_conv_branches,
                          scale_branch=self.scale_branch, identity_branch=self.identity_branch,
-                         linear_branches=self.linear_branches, **kw)
+                         linear_branches=self.linear_branches, rep_init=self.rep_init, **kw)
 
 
 class ConvBnAct(nn.Module):
@@ -83,16 +87,16 @@ class DFCAttention(nn.Module):
         super().__init__()
         self.short_conv = nn.Sequential(
             nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
-            nn.Conv2d(cout, cout, (1, 5), 1, (0, 2), groups=cout, bias=False), nn.BatchNorm2d(cout),
-            nn.Conv2d(cout, cout, (5, 1), 1, (2, 0), groups=cout, bias=False), nn.BatchNorm2d(cout),
+            CropConv2d(cout, cout, (1, 5), 1, (0, 2), groups=cout, bias=False), nn.BatchNorm2d(cout),
+            CropConv2d(cout, cout, (5, 1), 1, (2, 0), groups=cout, bias=False), nn.BatchNorm2d(cout),
         )
 
-    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: List[int]) -> torch.Tensor:  # List: TorchScript has no Sequence
         # The reference pools 2×2 unconditionally and breaks on 1-pixel maps; a window that fits
         # gives the same result wherever the reference works.
         kernel = (min(2, int(x.shape[-2])), min(2, int(x.shape[-1])))  # ints: ONNX export needs constants
         gate = torch.sigmoid(self.short_conv(F.avg_pool2d(x, kernel, kernel)))
-        return F.interpolate(gate, size=tuple(size), mode="nearest")
+        return F.interpolate(gate, size=list(size), mode="nearest")
 
 
 class GhostModule(nn.Module):
@@ -146,7 +150,7 @@ class GhostBottleneck(nn.Module):
             self.shortcut = nn.Identity()
         else:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cin, k, stride, (k - 1) // 2, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                CropConv2d(cin, cin, k, stride, (k - 1) // 2, groups=cin, bias=False), nn.BatchNorm2d(cin),
                 nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,27 +166,43 @@ class GhostNet(nn.Module):
     """GhostNetV3 (train form with branches; `ghostnetv3.reparameterize` gives the deploy form).
 
     The timm model surface: `forward_features`, `forward_head`, `reset_classifier`,
-    `num_classes`, `num_features`, `feature_info`, and `forward_intermediates` /
-    `features_only=True` for multi-scale maps (strides 2…32 with the default stem)."""
+    `num_classes`, `num_features`, `feature_info`, `forward_intermediates` /
+    `prune_intermediate_layers`, `set_grad_checkpointing`, `group_matcher`, `pretrained_cfg`.
+    `features_only=True` returns this model pruned after the last tap, its forward giving the maps
+    at `out_indices` and its `feature_info` a timm `FeatureInfo` (strides 2…32 with the default stem).
+
+    Feature taps (`feature_info`): the stem after its ReLU (`act1`), the ends of the stride-4/8/16
+    stages, and at stride 32 the output of the final 1×1 ConvBnAct (960·w channels).  timm's own
+    ghostnet taps the stem conv before its BN and stride 32 before the 1×1 conv (160·w channels)."""
 
     def __init__(self, num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
                  num_conv_branches: int = 3, scale_branch: bool = True, identity_branch: bool = True,
-                 linear_branches: bool = False, drop_rate: float = 0.2, stem_stride: int = 2, cfgs=None, features_only: bool = False,
-                 out_indices: Sequence[int] = (1, 2, 3, 4)):
+                 linear_branches: bool = False, drop_rate: float = 0.2, stem_stride: int = 2, cfgs=None,
+                 features_only: bool = False, out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
+                 output_stride: int | None = None, global_pool: str = "avg", drop_path_rate: float = 0.0,
+                 rep_init: str = "reference"):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-        branches = BranchConfig(num_conv_branches, scale_branch, identity_branch, linear_branches)
+        if output_stride is not None and output_stride != 16 * stem_stride:
+            raise ValueError(f"output_stride={output_stride}: GhostNet downsamples {16 * stem_stride}× with "
+                             f"stem_stride={stem_stride} (no dilated variant); drop output_stride")
+        if global_pool != "avg":
+            raise ValueError(f"global_pool={global_pool!r}: the GhostNet head pools by average only; use 'avg'")
+        if drop_path_rate:
+            raise ValueError(f"drop_path_rate={drop_path_rate}: GhostNet has no stochastic depth; use drop_rate")
+        branches = BranchConfig(num_conv_branches, scale_branch, identity_branch, linear_branches, rep_init)
         self.num_classes, self.in_chans, self.width = num_classes, in_chans, width
         self.drop_rate = drop_rate
         self.branch_config = branches
         self.cfgs = cfgs or BLOCK_CFGS
         self.min_input_size = 32
+        self.grad_checkpointing = False
 
         stem_chs = make_divisible(16 * width, 4)
-        self.conv_stem = nn.Conv2d(in_chans, stem_chs, 3, stem_stride, 1, bias=False)
+        self.conv_stem = CropConv2d(in_chans, stem_chs, 3, stem_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_chs)
         self.act1 = nn.ReLU(inplace=True)
         self.feature_info = [dict(num_chs=stem_chs, reduction=stem_stride, module="act1")]
@@ -202,7 +222,8 @@ class GhostNet(nn.Module):
         out = make_divisible(self.cfgs[-1][-1][1] * width, 4)
         stages.append(nn.Sequential(ConvBnAct(prev, out, 1)))
         self.blocks = nn.Sequential(*stages)
-        # feature_info[i] is taken at the end of stage stage_ends[i]; the last one after the 1×1 conv.
+        # feature_info[i] is taken at the end of stage stage_ends[i] (-1: the stem); the last one
+        # after the final 1×1 conv.
         self.stage_ends = [-1] + [int(f["module"].split(".")[-1]) for f in self.feature_info[1:]]
         self.stage_ends[-1] = len(stages) - 1
         self.feature_info[-1] = dict(num_chs=out, reduction=reduction, module=f"blocks.{len(stages) - 1}")
@@ -211,9 +232,14 @@ class GhostNet(nn.Module):
         self.conv_head = nn.Conv2d(out, self.head_hidden_size, 1, 1, 0, bias=True)
         self.act2 = nn.ReLU(inplace=True)
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
-        self.features_only = features_only
-        self.out_indices = tuple(out_indices)
         self._init_weights()
+        self.features_only = bool(features_only)
+        self.out_indices = _take_indices(len(self.feature_info), out_indices)[0]
+        if self.features_only:  # as timm's FeatureGetterNet: drop what no tap needs; names stay
+            from timm.models import FeatureInfo  # lazy: `import ghostnetv3` does not load timm
+
+            self.out_indices = self.prune_intermediate_layers(self.out_indices)
+            self.feature_info = FeatureInfo(self.feature_info, self.out_indices)
 
     def _init_weights(self):
         for m in self.modules():
@@ -225,28 +251,80 @@ class GhostNet(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    # -------------------------------------------------------------- timm-like surface
+    # -------------------------------------------------------------- timm model surface
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (`timm.optim`), as timm's ghostnet names them."""
+        return dict(stem=r"^conv_stem|bn1",
+                    blocks=[(r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)", None),
+                            (r"conv_head", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in the backward instead of storing its activations.  BatchNorm
+        running statistics are then updated twice per step (the recompute runs the forward again),
+        as with every checkpointed BatchNorm model in PyTorch/timm."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "avg", ""):
+            raise ValueError(f"global_pool={global_pool!r}: the GhostNet head pools by average only")
         self.num_classes = num_classes
-        dev = self.conv_head.weight.device
-        self.classifier = nn.Linear(self.head_hidden_size, num_classes, device=dev) if num_classes > 0 else nn.Identity()
+        dev = next(self.parameters()).device
+        self.classifier = (nn.Linear(self.head_hidden_size, num_classes, device=dev) if num_classes > 0
+                           else nn.Identity())
         if num_classes > 0:
             nn.init.normal_(self.classifier.weight, 0, 0.01)
             nn.init.zeros_(self.classifier.bias)
 
+    @torch.jit.ignore
+    def convert_to_deploy(self) -> None:
+        """In place: fuse every branch (timm's name; `ghostnetv3.reparameterize` returns a copy)."""
+        from ..rep import reparameterize
+        reparameterize(self, inplace=True)
+
+    def __prepare_scriptable__(self):
+        if self.features_only:  # its forward returns a list; the classifier's a tensor
+            raise RuntimeError("a features_only GhostNet cannot be scripted; use torch.export.export or "
+                               "torch.jit.trace (or script the classification model)")
+        return self
+
     def _check_input(self, x: torch.Tensor) -> None:
+        """Clear errors for wrong shapes in eager mode; a no-op while FX / torch.export / jit trace."""
+        if _tracing(x):
+            return
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected input [N, {self.in_chans}, H, W], got {list(x.shape)}")
         if min(x.shape[-2:]) < self.min_input_size:
             raise ValueError(f"input {x.shape[-2]}×{x.shape[-1]} is smaller than the supported "
                              f"{self.min_input_size}×{self.min_input_size}; resize or pad the images")
 
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+        return self.act1(self.bn1(self.conv_stem(x)))
+
+    @torch.jit.ignore
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        return self.blocks(self.act1(self.bn1(self.conv_stem(x))))
+        x = self._stem(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            for stage in self.blocks:
+                x = self._run_stage(stage, x)
+            return x
+        return self.blocks(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.act2(self.conv_head(x.mean((2, 3), keepdim=True))).flatten(1)
@@ -254,25 +332,123 @@ class GhostNet(nn.Module):
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.classifier(x)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
-        """Feature maps at the ends of the stages listed in `feature_info` (default: all)."""
-        self._check_input(x)
-        indices = list(range(len(self.feature_info))) if indices is None else list(indices)
-        wanted = {self.stage_ends[i]: i for i in indices}
-        feats = {}
-        x = self.act1(self.bn1(self.conv_stem(x)))
-        if -1 in wanted:
-            feats[wanted[-1]] = x
-        last = max(wanted)
+    @torch.jit.ignore
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's convention: `(final_features, [maps at indices])`, or only the list with
+        `intermediates_only=True`.  `indices`: None = every `feature_info` entry, an int n = the
+        last n, a sequence = those (negative from the end).  `norm` has no effect (no final norm)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt={output_fmt!r}: GhostNet gives NCHW maps only")
+        take, max_index = _take_indices(len(self.stage_ends), indices)
+        ends = {self.stage_ends[i]: n for n, i in enumerate(take)}
+        last = self.stage_ends[max_index] if stop_early else len(self.blocks) - 1
+        maps: list = [None] * len(take)
+        x = self._stem(x)
+        if -1 in ends:
+            maps[ends[-1]] = x
         for i, stage in enumerate(self.blocks):
             if i > last:
                 break
-            x = stage(x)
-            if i in wanted:
-                feats[wanted[i]] = x
-        return [feats[i] for i in indices]
+            x = self._run_stage(stage, x)
+            if i in ends:
+                maps[ends[i]] = x
+        for i, e in enumerate(take):  # a tap listed twice
+            if maps[i] is None:
+                maps[i] = maps[take.index(e)]
+        return maps if intermediates_only else (x, maps)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last tap in `indices` and, with `prune_head`, the head (timm's
+        convention; parameter names of what is kept do not change).  Returns the absolute indices."""
+        take, max_index = _take_indices(len(self.stage_ends), indices)
+        last = self.stage_ends[max_index]
+        if not (prune_head or last < self.stage_ends[-1]):
+            return take
+        self.blocks = self.blocks[: last + 1]
+        self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        self.conv_head, self.act2 = nn.Identity(), nn.Identity()
+        self.reset_classifier(0)
+        return take
 
     def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x, self.out_indices)
+        if self.features_only and not torch.jit.is_scripting():
+            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
+
+
+def _tracing(x) -> bool:
+    """True while torch.fx, torch.export / dynamo export or torch.jit.trace records a graph."""
+    return (isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_exporting())
+
+
+def _take_indices(num: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """timm's `feature_take_indices`: None = all, int n = the last n, a sequence = those (negative
+    from the end); returns the absolute indices and their maximum."""
+    if indices is None:
+        indices = num
+    if isinstance(indices, int):
+        if not 0 < indices <= num:
+            raise ValueError(f"last-n indices={indices} is out of range (1 to {num})")
+        take = list(range(num - indices, num))
+    else:
+        take = []
+        for i in indices:
+            if not -num <= int(i) < num:
+                raise ValueError(f"feature index {i} is out of range (0 to {num - 1}, or negative from the end)")
+            take.append(int(i) % num)
+    if not take:
+        raise ValueError("indices is empty; give at least one feature index")
+    return take, max(take)
+
+
+def _default_cfg(variant: str, in_chans: int = 3, **overrides) -> dict:
+    """timm's pretrained_cfg for an untrained GhostNet (timm's ghostnet defaults: ImageNet 224 px,
+    crop 0.875, bicubic); a gray (1-channel) model gets the RGB statistics averaged, as our data
+    pipeline normalizes gray images."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    if in_chans != 3:
+        mean, std = (sum(mean) / 3,) * in_chans, (sum(std) / 3,) * in_chans
+    cfg = dict(url="", architecture=variant, tag=None, num_classes=1000, input_size=(in_chans, 224, 224),
+               min_input_size=(in_chans, 32, 32), pool_size=(7, 7), crop_pct=0.875, crop_mode="center",
+               interpolation="bicubic", mean=mean, std=std, first_conv="conv_stem", classifier="classifier",
+               license="apache-2.0")
+    cfg.update(overrides)
+    return cfg
+
+
+def create_ghostnet(variant: str, pretrained: bool = False, *, features_only: bool = False,
+                    feature_cls: str | None = None, out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
+                    pretrained_cfg=None, pretrained_cfg_overlay: dict | None = None, cache_dir=None,
+                    device=None, dtype=None, **kwargs) -> nn.Module:
+    """The one builder (our `create_model` and timm's registry both use it).
+
+    `features_only=True` gives this model pruned after the last tap (parameter names unchanged, so a
+    classification checkpoint loads into it); `feature_cls='list'|'dict'|'hook'|'fx'|'getter'` wraps
+    it in timm's extractor of that name instead, exactly as timm's build_model_with_cfg does."""
+    if pretrained:
+        raise ValueError(f"{variant}: no built-in weights are shipped; pass checkpoint_path= "
+                         "(the public .pth/.pt/.safetensors files load directly)")
+    cfg = _default_cfg(variant, kwargs.get("in_chans", 3), num_classes=kwargs.get("num_classes", 1000))
+    if isinstance(pretrained_cfg, dict):
+        cfg.update(pretrained_cfg)
+    cfg.update(pretrained_cfg_overlay or {})
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if features_only and feature_cls is not None:
+            from timm.models import build_model_with_cfg  # lazy: timm loads only for its wrappers
+
+            model = build_model_with_cfg(GhostNet, variant, False, pretrained_cfg=cfg, features_only=True,
+                                         feature_cls=feature_cls, out_indices=out_indices,
+                                         feature_cfg=dict(flatten_sequential=True), **kwargs)
+        else:
+            model = GhostNet(features_only=features_only, out_indices=out_indices, **kwargs)
+            if features_only:  # what timm's pretrained_cfg_for_features keeps
+                cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
+            model.pretrained_cfg = cfg
+            model.default_cfg = model.pretrained_cfg  # timm's alias
+    if dtype is not None:
+        model.to(dtype=dtype)
+    return model

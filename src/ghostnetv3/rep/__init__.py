@@ -1,6 +1,6 @@
 """Re-parameterization: the `RepConv2d` primitive, fusion, and verification."""
-from .conv import RepConv2d, fold_bn
+from .conv import REP_INITS, RepConv2d, fold_bn
 from .fuse import has_branches, reparameterize, verify_fusion
 from .repify import repify
 
-__all__ = ["RepConv2d", "fold_bn", "reparameterize", "verify_fusion", "has_branches", "repify"]
+__all__ = ["REP_INITS", "RepConv2d", "fold_bn", "reparameterize", "verify_fusion", "has_branches", "repify"]

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 from .crop import SMALL_MAP_PIXELS, conv2d_cropped, crop_plan, depthwise_matrix, eager_shape_logic
 
-__all__ = ["RepConv2d", "fold_bn"]
+__all__ = ["RepConv2d", "fold_bn", "REP_INITS"]
+
+REP_INITS = ("reference", "scaled")
 
 
 def _pair(v) -> tuple[int, int]:
@@ -51,6 +53,10 @@ class RepConv2d(nn.Module):
         exact_fast_path: use the exact merged training forward and the folded eval forward
             (default); False runs every branch as its own conv+BN (the plain per-branch math, which
             `verify_fusion` and the tests compare against).
+        rep_init: how the branch BatchNorms' γ start: "reference" (every γ = 1, as the reference
+            code and timm) or "scaled" (every γ = 1/√n, n = the branches summed at this site, so the
+            sum starts with one conv+BN's variance and SGD moves the fused kernel no faster than one
+            conv's; the fused architecture and the fusion math are the same).
         linear_branches: opt-in, NOT the paper's semantics (OREPA-style): during training the
             branches are linear (their BNs use fixed statistics, i.e. act as per-channel scales)
             and one BatchNorm with batch statistics follows their sum, so a training step costs
@@ -60,8 +66,12 @@ class RepConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None,
                  groups: int = 1, num_conv_branches: int = 3, scale_branch: bool = True,
                  identity_branch: bool = True, eps: float = 1e-5, momentum: float | None = 0.1,
-                 exact_fast_path: bool = True, linear_branches: bool = False, device=None, dtype=None):
+                 exact_fast_path: bool = True, linear_branches: bool = False, rep_init: str = "reference",
+                 device=None, dtype=None):
         super().__init__()
+        if rep_init not in REP_INITS:
+            raise ValueError(f"rep_init must be one of {', '.join(REP_INITS)}, got {rep_init!r}")
+        self.rep_init = rep_init
         if num_conv_branches < 1:
             raise ValueError(f"num_conv_branches must be >= 1, got {num_conv_branches}")
         if in_channels % groups or out_channels % groups:
@@ -123,7 +133,14 @@ class RepConv2d(nn.Module):
         for p in self.bn_prefixes():
             mean, var, gamma, beta = self._bn(p)
             mean.zero_(), var.fill_(1.0), nn.init.ones_(gamma), nn.init.zeros_(beta)
+            if self.rep_init == "scaled" and p != "post_bn":
+                gamma.data.fill_(1.0 / math.sqrt(self.num_branches))
         self.num_batches_tracked.zero_()
+
+    @property
+    def num_branches(self) -> int:
+        """Branches summed at this site: conv branches + scale + identity."""
+        return self.num_conv_branches + int(self.has_scale) + int(self.has_identity)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -230,9 +247,10 @@ class RepConv2d(nn.Module):
             return self._forward_pointwise_merged(x, xs, mom)
         if depthwise and x.shape[2] * x.shape[3] <= SMALL_MAP_PIXELS and eager_shape_logic():
             return self._forward_depthwise_small_map(x, mom)
-        out = self._forward_stacked_branches(x, mom)
         if depthwise and (self.has_scale or self.has_identity):
-            return out + self._channelwise_extras(xs, mom)
+            a, c = self._channelwise_extras(xs, mom)  # the extras' shift rides on a branch's BN bias
+            return torch.addcmul(self._forward_stacked_branches(x, mom, c), xs, a[None, :, None, None])
+        out = self._forward_stacked_branches(x, mom)
         if self.has_scale:
             z = F.conv2d(xs, self.scale_weight, None, 1, 0, 1, self.groups)
             out = out + F.batch_norm(z, *self._bn("scale_bn"), True, mom, self.eps)
@@ -246,8 +264,8 @@ class RepConv2d(nn.Module):
         cin, cout, B = self.in_channels, self.out_channels, self.num_conv_branches
         return 2 * cin * cin + 3 * cin * cout < 3 * B * cin * cout
 
-    def _forward_stacked_branches(self, x: torch.Tensor, mom: float) -> torch.Tensor:
-        """The k×k branches, each with its own BN statistics.
+    def _forward_stacked_branches(self, x: torch.Tensor, mom: float, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """The k×k branches, each with its own BN statistics (+ a per-channel `shift`).
 
         Dense convs stack all branches into one conv and one BN call.  Grouped/depthwise convs run
         one conv+BN per branch: stacking them needs a B× copy of the input (or a channel-multiplier
@@ -255,14 +273,17 @@ class RepConv2d(nn.Module):
         B, cout = self.num_conv_branches, self.out_channels
         if self.groups == 1 or B == 1:
             z = conv2d_cropped(x, self.weight, None, self.stride, self.padding, self.groups)
+            bias = self.bn_bias if shift is None else torch.cat([self.bn_bias[:1] + shift, self.bn_bias[1:]])
             z = F.batch_norm(z, self.bn_running_mean.view(-1), self.bn_running_var.view(-1),
-                             self.bn_weight.view(-1), self.bn_bias.view(-1), True, mom, self.eps)
+                             self.bn_weight.view(-1), bias.reshape(-1), True, mom, self.eps)
             return z if B == 1 else z.unflatten(1, (B, cout)).sum(1)
-        out = 0
+        out = None
         for b, w in enumerate(self.branch_weight):
             z = conv2d_cropped(x, w, None, self.stride, self.padding, self.groups)
-            out = out + F.batch_norm(z, self.bn_running_mean[b], self.bn_running_var[b],
-                                     self.bn_weight[b], self.bn_bias[b], True, mom, self.eps)
+            bias = self.bn_bias[b] if shift is None or b else self.bn_bias[b] + shift
+            z = F.batch_norm(z, self.bn_running_mean[b], self.bn_running_var[b],
+                             self.bn_weight[b], bias, True, mom, self.eps)
+            out = z if out is None else out.add_(z)  # BN saves its input, not its output
         return out
 
     def _small_map_kernels(self, keep) -> torch.Tensor:
@@ -292,7 +313,9 @@ class RepConv2d(nn.Module):
         else:
             keep, pads, out = plan
         m = depthwise_matrix(self._small_map_kernels(keep), (H, W), self.stride, pads, out)  # [n, C, HW, HoWo]
-        z = torch.matmul(x.permute(1, 0, 2, 3).reshape(1, C, N, H * W), m)               # [n, C, N, HoWo]
+        xr = x.permute(1, 0, 2, 3).reshape(1, C, N, H * W)
+        # [n, C, N, HoWo]; on 1-pixel maps every branch is a per-channel scale (a bmm of 1×1s is slow)
+        z = xr * m if H * W == 1 else torch.matmul(xr, m)
         var, mean = torch.var_mean(z, dim=(2, 3), correction=0)
         count = N * out[0] * out[1]
         B = self.num_conv_branches
@@ -338,8 +361,9 @@ class RepConv2d(nn.Module):
             kernel, bias = kernel + k, bias + b
         return F.conv2d(x, kernel, bias, self.stride, 0, 1, 1)
 
-    def _channelwise_extras(self, xs: torch.Tensor, mom: float) -> torch.Tensor:
-        """Depthwise scale + identity branches: per-channel affine maps of x, merged exactly."""
+    def _channelwise_extras(self, xs: torch.Tensor, mom: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depthwise scale + identity branches: per-channel affine maps of x, merged exactly into
+        one (a, c) with extras = xs·a + c."""
         n = xs.shape[0] * xs.shape[2] * xs.shape[3]
         var_x, m = torch.var_mean(xs, dim=(0, 2, 3), correction=0)
         a = xs.new_zeros(self.out_channels)
@@ -355,4 +379,4 @@ class RepConv2d(nn.Module):
             k, b = fold_bn(torch.ones_like(m)[:, None, None, None], m, var_x, self.identity_bn_weight,
                            self.identity_bn_bias, self.eps)
             a, c = a + k.view(-1), c + b
-        return xs * a[None, :, None, None] + c[None, :, None, None]
+        return a, c  # the extras are xs·a + c

@@ -14,12 +14,13 @@ holding the fused bias), so the fused weights load into the unmodified model cla
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
 import torch.nn as nn
 
-from .conv import RepConv2d
+from .conv import REP_INITS, RepConv2d
 
 __all__ = ["repify"]
 
@@ -69,6 +70,17 @@ def _convert(conv: nn.Conv2d, bn: nn.BatchNorm2d, num_conv_branches: int, scale_
     return rep
 
 
+@torch.no_grad()
+def _restart_branch_bns(rep: RepConv2d, rep_init: str) -> None:
+    """Every branch BN as a fresh RepConv2d's (running statistics and γ, β); the kernels stay."""
+    rep.rep_init = rep_init
+    gamma = 1.0 if rep_init == "reference" else 1.0 / math.sqrt(rep.num_branches)
+    for prefix in rep.bn_prefixes():
+        mean, var, weight, bias = rep._bn(prefix)
+        mean.zero_(), var.fill_(1.0), weight.fill_(gamma), bias.zero_()
+    rep.num_batches_tracked.zero_()
+
+
 def restore_layout(rep: RepConv2d) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
     """A repified site fused back into its original layout: conv (no BN folding) + BN = fused."""
     kernel, bias = rep.get_kernel_bias()
@@ -87,8 +99,14 @@ def restore_layout(rep: RepConv2d) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
 
 
 def repify(model: nn.Module, num_conv_branches: int = 3, scale_branch: bool = True,
-           identity_branch: bool = True, inplace: bool = False) -> nn.Module:
-    """Convert the conv+BN sites of `model` into `RepConv2d` (see the module docstring)."""
+           identity_branch: bool = True, inplace: bool = False, rep_init: str = "preserve") -> nn.Module:
+    """Convert the conv+BN sites of `model` into `RepConv2d` (see the module docstring).
+
+    `rep_init`: "preserve" (default) keeps the model's function (branch 0 is the trained site, the
+    new branches start silent); "reference" or "scaled" start every branch BN as `RepConv2d` does
+    (γ = 1 or 1/√n; for training from scratch — the model's function changes)."""
+    if rep_init not in ("preserve",) + REP_INITS:
+        raise ValueError(f"rep_init must be one of preserve, {', '.join(REP_INITS)}, got {rep_init!r}")
     if num_conv_branches < 1:
         raise ValueError(f"num_conv_branches must be >= 1, got {num_conv_branches}")
     if not inplace:
@@ -100,6 +118,8 @@ def repify(model: nn.Module, num_conv_branches: int = 3, scale_branch: bool = Tr
             if _site_kind(conv) is None or not _is_bn_for(bn, conv):
                 continue
             rep = _convert(conv, bn, num_conv_branches, scale_branch, identity_branch)
+            if rep_init != "preserve":
+                _restart_branch_bns(rep, rep_init)
             rep.repify_origin["bn_name"] = bname
             rep.train(conv.training)
             setattr(parent, cname, rep)

@@ -1,0 +1,159 @@
+"""A run's plan: the decisions a recipe leaves to the run (`auto`), made once and kept.
+
+- the memory layout (`channels_last: auto`): a few timed train steps of a copy of the model in
+  each layout, the faster one wins;
+- the schedule's length in optimizer steps, from `epochs` or from a time budget
+  (`time_limit`, minutes of training): the run times its first steps and plans the cosine schedule
+  to end at the budget instead of being cut off;
+- warmup (`warmup_epochs: auto`): 5% of the run, at most 3 epochs (the paper's 3 of 300);
+- the EMA decay (`model_ema_decay: auto`): a horizon of `model_ema_horizon` × the run's steps,
+  so a 5-epoch run does not average over the paper's ~5,000-step horizon (decay 0.9998).
+
+The plan is stored in every checkpoint and in `plan.json`; `--resume` reuses it, so a resumed run
+follows the same schedule as an unbroken one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import atomic_write_text
+from .config import TrainConfig
+
+__all__ = ["RunPlan", "auto_warmup_epochs", "auto_ema_decay", "choose_channels_last", "build_scheduler",
+           "TimeBudget", "PLAN_FILE"]
+
+PLAN_FILE = "plan.json"
+MAX_AUTO_WARMUP_EPOCHS = 3.0
+AUTO_WARMUP_FRACTION = 0.05
+
+
+@dataclass
+class RunPlan:
+    steps_per_epoch: int
+    total_steps: int            # optimizer steps of the whole schedule
+    warmup_steps: int
+    ema_decay: Optional[float]  # None: no EMA
+    channels_last: bool
+    time_limit_s: Optional[float] = None  # the training-time budget the schedule was planned for
+    calibrated: bool = True     # False until a time-budget run has timed its first steps
+
+    @property
+    def epochs(self) -> int:
+        return max(1, math.ceil(self.total_steps / self.steps_per_epoch))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunPlan":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_text(Path(run_dir) / PLAN_FILE, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    def describe(self) -> str:
+        ema = "off" if self.ema_decay is None else f"decay {self.ema_decay:.6g}"
+        budget = f", planned for {self.time_limit_s / 60:.3g} min" if self.time_limit_s else ""
+        return (f"{self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.3g} epochs{budget}), "
+                f"warmup {self.warmup_steps} steps, EMA {ema}, "
+                f"{'channels_last' if self.channels_last else 'NCHW'}")
+
+
+def auto_warmup_epochs(total_epochs: float) -> float:
+    return min(MAX_AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION * total_epochs)
+
+
+def auto_ema_decay(total_steps: int, horizon: float) -> float:
+    """EMA decay whose horizon 1/(1−decay) is `horizon` × the run's steps (at least 10 steps)."""
+    return 1.0 - 1.0 / max(10.0, horizon * total_steps)
+
+
+def make_plan(cfg: TrainConfig, steps_per_epoch: int, channels_last: bool, total_steps: Optional[int] = None,
+              calibrated: bool = True) -> RunPlan:
+    """The plan for `total_steps` (default: `cfg.epochs` epochs)."""
+    total = int(total_steps if total_steps is not None else cfg.epochs * steps_per_epoch)
+    total = max(1, total)
+    epochs = total / steps_per_epoch
+    warmup_epochs = cfg.warmup_epochs if cfg.warmup_epochs is not None else auto_warmup_epochs(epochs)
+    warmup = min(int(round(warmup_epochs * steps_per_epoch)), total - 1)
+    ema = None
+    if cfg.model_ema:
+        ema = cfg.model_ema_decay if cfg.model_ema_decay is not None else auto_ema_decay(total, cfg.model_ema_horizon)
+    return RunPlan(steps_per_epoch, total, max(0, warmup), ema, bool(channels_last),
+                   cfg.time_limit * 60.0 if cfg.time_limit else None, calibrated)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plan: RunPlan):
+    """timm's scheduler stepped per optimizer update, over the plan's steps."""
+    from timm.scheduler import create_scheduler_v2  # lazy: timm's import is slow, a plan does not need it
+
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=plan.total_steps, min_lr=cfg.min_lr,
+                                       warmup_lr=cfg.warmup_lr, warmup_epochs=plan.warmup_steps,
+                                       step_on_epochs=False, updates_per_epoch=1)
+    return scheduler
+
+
+def _timed_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """Median seconds of SGD train steps of `model` on `x` (the model is a throwaway copy)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        out = model(x)
+        loss = nn.functional.cross_entropy(out, y) if out.dim() == 2 else out.float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        if i:  # the first step allocates and picks kernels
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def choose_channels_last(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int,
+                         device: torch.device, steps: int = 2) -> tuple[bool, dict[str, float]]:
+    """(channels_last?, seconds per step in each layout): time a few steps of copies of `model`.
+
+    The copies are thrown away, so the model, its BN statistics and the RNG streams of the run are
+    untouched (the random input comes from a private generator)."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch_shape, generator=gen).to(device)
+    y = torch.randint(0, max(num_classes, 1), (batch_shape[0],), generator=gen).to(device)
+    times = {}
+    rng = torch.random.get_rng_state()  # dropout in the probe must not move the run's random stream
+    try:
+        for name, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            probe = copy.deepcopy(model).to(memory_format=fmt).train()
+            times[name] = _timed_steps(probe, x.contiguous(memory_format=fmt), y, steps)
+            del probe
+    finally:
+        torch.random.set_rng_state(rng)
+    return times["channels_last"] < times["nchw"], times
+
+
+class TimeBudget:
+    """Plans a time-limited schedule from the run's own first steps.
+
+    Until `calibration_steps` optimizer steps have run, the schedule is a provisional one planned
+    from `cfg.epochs`; then the measured training rate (evaluation excluded) fixes the total so
+    that the schedule ends at the budget, and the plan is not changed again."""
+
+    def __init__(self, limit_s: float, calibration_steps: int = 20):
+        self.limit_s = float(limit_s)
+        self.calibration_steps = calibration_steps
+
+    def plan_total(self, steps_done: int, train_seconds: float) -> int:
+        """Total steps that fit the budget at the rate measured so far (at least one more step)."""
+        rate = steps_done / max(train_seconds, 1e-9)
+        return max(steps_done + 1, int(self.limit_s * rate))
