@@ -99,7 +99,7 @@ def test_cache_teacher_help_has_no_training_flags():
     out = _help("cache-teacher")
     for flag in ("--epochs", "--opt ", "--lr ", "--model-ema", "--kd-weight", "--resume"):
         assert flag not in out, flag
-    for flag in ("--teacher ", "--img-size", "--views", "--train-subset", "--seed"):
+    for flag in ("--teacher ", "--data ", "--img-size", "--views", "--train-subset", "--seed"):
         assert flag in out, flag
 
 

@@ -22,7 +22,9 @@ def add_parser(subparsers) -> None:
                     "(full fp16 logits for few classes, else top-k probabilities + the remaining mass) in one "
                     "memory-mapped file; train with --teacher-cache FILE and no teacher runs. Use the recipe "
                     "and flags you train with: the cache records the dataset, the augmentation and the teacher, "
-                    "and training refuses a cache built from anything else.",
+                    "and training refuses a cache built from anything else. "
+                    "Training-only flags (--epochs, --lr, ...) are accepted and ignored, so the train command's "
+                    "flags can be passed unchanged.",
         allow_abbrev=False)
     p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE", help="YAML recipe (as for train)")
     p.add_argument("--views", type=int, default=10, metavar="K", help="augmented views per image (default: 10)")
@@ -34,7 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache that does not match")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from ghostnetv3.engine.cli import add_config_flags
-    add_config_flags(p, skip=("output",), keys=_CACHE_KEYS)  # --output names the cache file here
+    # --output names the cache file here; training flags (--epochs, --lr, ...) are accepted but not shown
+    add_config_flags(p, skip=("output",), keys=_CACHE_KEYS)
     p.set_defaults(func=_cmd_cache)
 
     e = subparsers.add_parser(
@@ -53,7 +56,7 @@ def _cache_keys() -> tuple[str, ...]:
     from ghostnetv3.engine import flags as F
     from ghostnetv3.engine.config import FIELDS
     data = tuple(k for k in FIELDS if F.group_of(k) == "data and augmentation")
-    return data + ("num_classes", "in_chans", "teacher", "teacher_checkpoint", "teacher_pretrained",
+    return ("data",) + data + ("num_classes", "in_chans", "teacher", "teacher_checkpoint", "teacher_pretrained",
                    "teacher_input_size", "batch_size", "amp", "device", "seed")
 
 
@@ -116,7 +119,8 @@ def _summary(cache, out: Path, size_on_disk) -> dict:
     h = cache.header
     return {"cache": str(out), "teacher": h["teacher"]["name"], "weights": h["teacher"]["weights"],
             "data": h["dataset"]["name"], "images": cache.num_samples, "views": cache.views, "store": cache.store,
-            "topk": h.get("topk"), "bytes": size_on_disk(out), "build_seconds": h.get("build_seconds")}
+            "topk": h.get("topk"), "bytes": out.stat().st_size, "bytes_on_disk": size_on_disk(out),
+            "build_seconds": h.get("build_seconds")}
 
 
 def _default_path(cfg, teacher, train_set, views: int) -> Path:

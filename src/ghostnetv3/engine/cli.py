@@ -115,16 +115,19 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), key
                      aliases: bool = True) -> None:
     """One --flag per recipe key (dashes or underscores), each defaulting to 'not given', in groups (data,
     model, optimisation, EMA, KD, run) with one line of help; timm's spellings as aliases.
-    `keys`: only these (e.g. cache-teacher, which does not train)."""
-    fields = [f for f in dataclasses.fields(C.TrainConfig)
-              if f.name not in skip and (keys is None or f.name in keys)]
-    groups = {g: p.add_argument_group(g) for g in F.group_order() if any(F.group_of(f.name) == g for f in fields)}
+    `keys`: only these are shown in --help (e.g. cache-teacher, which does not train); the others are
+    still accepted, so the flags a run was trained with can be passed unchanged."""
+    fields = [f for f in dataclasses.fields(C.TrainConfig) if f.name not in skip]
+    shown = [f for f in fields if keys is None or f.name in keys]
+    groups = {g: p.add_argument_group(g) for g in F.group_order() if any(F.group_of(f.name) == g for f in shown)}
+    hidden = p.add_argument_group("accepted, not used here")
     alias_of: dict[str, list[str]] = {}
     if aliases:
         for alias, key in F.ALIASES.items():
             alias_of.setdefault(key, []).append(alias)
     for f in fields:
-        g = groups[F.group_of(f.name)]
+        visible = keys is None or f.name in keys
+        g = groups[F.group_of(f.name)] if visible else hidden
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + alias_of.get(f.name, [])
         help_ = F.help_text(f.name)
@@ -138,12 +141,13 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), key
         if f.name == "amp" and aliases:  # timm's bare --amp: mixed precision on
             kwargs.update(nargs="?", const=_bare_amp())
             help_ += "; bare --amp: fp16 on CUDA, bf16 on CPU"
-        g.add_argument(*names, help=help_ + _default_text(f), **kwargs)
+        g.add_argument(*names, help=help_ + _default_text(f) if visible else argparse.SUPPRESS, **kwargs)
         if "_" in f.name:  # --key_name works too, without doubling the help
             g.add_argument(f"--{f.name}", help=argparse.SUPPRESS, **kwargs)
         if f.name == "model_ema" and aliases:
             g.add_argument("--no-model-ema", dest="key_model_ema", action="store_const", const="false",
-                           default=argparse.SUPPRESS, help="timm's spelling of --model-ema false")
+                           default=argparse.SUPPRESS,
+                           help="timm's spelling of --model-ema false" if visible else argparse.SUPPRESS)
         if f.name == "img_size" and aliases and (keys is None or "in_chans" in keys):
             g.add_argument("--input-size", nargs="+", action=_InputSize, metavar="N", default=argparse.SUPPRESS,
                            help="timm's C H W (or H W, or S): sets --in-chans and --img-size (square only)")

@@ -70,6 +70,10 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str, metadata: di
     tmp = f"{path}.tmp{os.getpid()}"
     save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp,
               metadata={k: str(v) for k, v in (metadata or {}).items()})
+    # safetensors creates the file 0600; a weights file is as readable as any other output (umask applies)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
