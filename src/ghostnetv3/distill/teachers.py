@@ -320,6 +320,7 @@ def _from_our_checkpoint(path: Path) -> dict[str, Any]:
                          f"name too: --teacher MODEL --teacher-checkpoint {path}")
     from ghostnetv3.data import AugConfig
     from ghostnetv3.models import create_model, is_ours, load_checkpoint
+    from ghostnetv3.models.weights import choose_weights
 
     cfg = state["config"]
     name = state.get("model_name") or cfg["model"]
@@ -336,7 +337,7 @@ def _from_our_checkpoint(path: Path) -> dict[str, Any]:
         model = repify(model, num_conv_branches=cfg.get("num_conv_branches") or 3)
     # the weights that scored best: EMA unless the raw weights beat it (a short fine-tune's EMA
     # with decay 0.9998 has barely left the initial weights)
-    use_ema = state.get("best_source", "ema") != "raw" and state.get("state_dict_ema") is not None
+    use_ema = choose_weights(state)[0] == "ema"  # the rule eval/export/predict follow (models.weights)
     load_checkpoint(model, state, use_ema=use_ema)
     norm = {k: cfg[k] for k in ("mean", "std") if cfg.get(k) is not None}
     mean, std = AugConfig(image_size=int(cfg.get("img_size", 224)), in_chans=in_chans, **norm).norm_stats()
