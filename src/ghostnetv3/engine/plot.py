@@ -28,8 +28,7 @@ def lr_per_step(run_dir: str | Path, steps_per_epoch: int, max_points: int = 400
     """(epoch positions, lr) of the run's schedule at up to `max_points` optimizer steps; ([], []) when the
     run has no config.yaml."""
     import torch
-    from timm.scheduler import create_scheduler_v2
-
+    from .budget import PLAN_FILE, RunPlan, build_scheduler, make_plan
     from .config import load_config
 
     path = Path(run_dir) / "config.yaml"
@@ -37,10 +36,11 @@ def lr_per_step(run_dir: str | Path, steps_per_epoch: int, max_points: int = 400
         return [], []
     cfg = load_config(path)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
-    sched, _ = create_scheduler_v2(opt, sched=cfg.sched, num_epochs=cfg.epochs, min_lr=cfg.min_lr,
-                                   warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
-                                   step_on_epochs=False, updates_per_epoch=steps_per_epoch)
-    total = cfg.epochs * steps_per_epoch
+    plan_path = Path(run_dir) / PLAN_FILE  # the schedule the run followed (auto warmup, time budget)
+    plan = (RunPlan.from_dict(json.loads(plan_path.read_text())) if plan_path.is_file()
+            else make_plan(cfg, steps_per_epoch, False))
+    sched = build_scheduler(opt, cfg, plan)
+    total = plan.total_steps
     stride = max(1, total // max_points)
     xs, lrs = [], []
     for step in range(0, total, stride):

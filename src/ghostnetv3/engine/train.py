@@ -66,15 +66,17 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     if set_knobs and not cfg.model.startswith(OUR_MODELS) and not cfg.repify:
         raise ValueError(f"{', '.join(set_knobs)} apply to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
     if cfg.model.startswith(OUR_MODELS):
-        kwargs.update(set_knobs)
+        kwargs.update(set_knobs, rep_init=cfg.rep_init)
     model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, pretrained=cfg.pretrained, **kwargs)
     if cfg.repify:
         try:
             from ghostnetv3.rep import repify
         except ImportError as e:
             raise UserError("--repify needs ghostnetv3.rep.repify, which this install lacks") from e
+        # rep_init reference keeps repify's function-preserving start (new branches silent)
         model = repify(model, num_conv_branches=cfg.num_conv_branches or 3,
-                       scale_branch=cfg.scale_branch is not False, identity_branch=cfg.identity_branch is not False)
+                       scale_branch=cfg.scale_branch is not False, identity_branch=cfg.identity_branch is not False,
+                       rep_init="scaled" if cfg.rep_init == "scaled" else "preserve")
     if cfg.init_checkpoint:
         from ghostnetv3.models import load_checkpoint
         load_checkpoint(model, cfg.init_checkpoint, use_ema=True, reset_head=cfg.reset_head)
@@ -728,6 +730,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                         candidates["ema"] = ema_m[metric]
                     source = max(candidates, key=candidates.get)
                     rec["elapsed_s"] = elapsed + (time.perf_counter() - t_start)
+                    rec["train_s"] = train_time  # training steps only (this process), what --time-limit counts
                     improved = candidates[source] > best["value"]
                     if improved:
                         best = {"value": candidates[source], "epoch": epoch + 1, "source": source}
