@@ -169,3 +169,35 @@ def test_linear_branches_opt_in(case):
     m.eval(), ref.eval()
     with torch.no_grad():
         torch.testing.assert_close(m.fuse().double()(x), ref(x), rtol=1e-10, atol=1e-10)
+
+
+def test_rep_init_scaled_starts_every_branch_at_one_over_sqrt_n():
+    import math
+
+    from ghostnetv3.rep import repify
+    m = RepConv2d(8, 8, 3, 1, groups=8, num_conv_branches=3, rep_init="scaled")  # 3 + scale + identity
+    assert m.num_branches == 5
+    for p in ("bn", "scale_bn", "identity_bn"):
+        assert torch.allclose(getattr(m, f"{p}_weight"), torch.full_like(getattr(m, f"{p}_weight"), 1 / math.sqrt(5)))
+    ref = RepConv2d(8, 8, 3, 1, groups=8, num_conv_branches=3)
+    assert torch.equal(ref.bn_weight, torch.ones_like(ref.bn_weight))
+    # at step 0 the scaled sum has about one conv+BN's variance; the reference sum about n times it
+    torch.manual_seed(0)
+    x = torch.randn(16, 8, 12, 12)
+    m.load_state_dict({k: v for k, v in ref.state_dict().items() if "bn_" not in k}, strict=False)
+    assert 0.5 < float(m(x).var()) < 2.0 < float(ref(x).var())
+    with pytest.raises(ValueError, match="rep_init"):
+        RepConv2d(4, 4, 3, rep_init="ones")
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4))
+    site = repify(net, rep_init="scaled")[0]
+    assert torch.allclose(site.bn_weight, torch.full_like(site.bn_weight, 1 / math.sqrt(site.num_branches)))
+    assert torch.equal(repify(net)[0].bn_weight[1:], torch.zeros_like(site.bn_weight[1:]))  # preserve: silent
+
+
+def test_rep_init_reaches_the_model_from_the_config():
+    from ghostnetv3.engine.config import TrainConfig
+    from ghostnetv3.engine.train import build_model
+    m = build_model(TrainConfig(model="ghostnetv3_050", rep_init="scaled", width=0.25), 4, 1)
+    sites = [s for s in m.modules() if isinstance(s, RepConv2d)]
+    assert sites and all(s.rep_init == "scaled" for s in sites)
+    assert all(float(s.bn_weight.max()) < 1.0 for s in sites)
