@@ -84,7 +84,7 @@ def test_timm_like_surface_and_features():
         feats = model.forward_features(x)
         assert feats.shape[1] == model.num_features
         assert model.forward_head(feats, pre_logits=True).shape == (2, 1280)
-        maps = model.forward_intermediates(x)
+        maps = model.forward_intermediates(x, intermediates_only=True)
     assert [f.shape[-1] for f in maps] == [96 // i["reduction"] for i in model.feature_info]
     assert [f.shape[1] for f in maps] == [i["num_chs"] for i in model.feature_info]
     model.reset_classifier(3)

