@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
                     "memory-mapped file; train with --teacher-cache FILE and no teacher runs. Use the recipe "
                     "and flags you train with: the cache records the dataset, the augmentation and the teacher, "
                     "and training refuses a cache built from anything else. "
-                    "Training-only flags (--epochs, --lr, ...) are accepted and ignored, so the train command's "
-                    "flags can be passed unchanged.",
+                    "Training-only keys (epochs, lr, optimizer, EMA, ...) are accepted and ignored, so the "
+                    "train command's flags can be passed unchanged.",
         allow_abbrev=False)
     p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE", help="YAML recipe (as for train)")
     p.add_argument("--views", type=int, default=10, metavar="K", help="augmented views per image (default: 10)")

@@ -66,7 +66,7 @@ class _KeyParser(argparse.ArgumentParser):
         for action in self._actions:
             key = action.dest[4:] if action.dest.startswith("key_") else None
             if key in values and action.help:
-                action.help = action.help.rsplit(" (default:", 1)[0] + f" (recipe: {values[key]!r})"
+                action.help = action.help.rsplit(" (default:", 1)[0] + f" (recipe: {values[key]!r})".replace("%", "%%")
 
 
 def _default_text(f: dataclasses.Field) -> str:
@@ -130,7 +130,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), key
         g = groups[F.group_of(f.name)] if visible else hidden
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + alias_of.get(f.name, [])
-        help_ = F.help_text(f.name)
+        help_ = F.help_text(f.name).replace("%", "%%")  # argparse formats help strings with %
         kwargs = dict(dest=f"key_{f.name}", default=argparse.SUPPRESS, metavar=_metavar(f.name))
         if f.name in F.CHOICES:
             kwargs.update(choices=F.CHOICES[f.name], metavar="{" + ",".join(F.CHOICES[f.name]) + "}")
@@ -141,7 +141,8 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), key
         if f.name == "amp" and aliases:  # timm's bare --amp: mixed precision on
             kwargs.update(nargs="?", const=_bare_amp())
             help_ += "; bare --amp: fp16 on CUDA, bf16 on CPU"
-        g.add_argument(*names, help=help_ + _default_text(f) if visible else argparse.SUPPRESS, **kwargs)
+        g.add_argument(*names, help=help_ + _default_text(f).replace("%", "%%") if visible else argparse.SUPPRESS,
+                       **kwargs)
         if "_" in f.name:  # --key_name works too, without doubling the help
             g.add_argument(f"--{f.name}", help=argparse.SUPPRESS, **kwargs)
         if f.name == "model_ema" and aliases:

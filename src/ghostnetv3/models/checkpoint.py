@@ -163,7 +163,8 @@ def _adapt_stem(sd: dict, target: dict) -> dict:
     if stem is None or stem not in sd:
         return sd
     src, dst = sd[stem], target[stem]
-    if src.ndim == 4 and src.shape[1] != dst.shape[1] and (src.shape[0], *src.shape[2:]) == (dst.shape[0], *dst.shape[2:]):
+    same_otherwise = (src.shape[0], *src.shape[2:]) == (dst.shape[0], *dst.shape[2:])
+    if src.ndim == 4 and src.shape[1] != dst.shape[1] and same_otherwise:
         sd = dict(sd)
         sd[stem] = adapt_input_conv(int(dst.shape[1]), src, base_chans=int(src.shape[1]))
     return sd
