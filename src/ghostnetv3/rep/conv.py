@@ -316,6 +316,8 @@ class RepConv2d(nn.Module):
         xr = x.permute(1, 0, 2, 3).reshape(1, C, N, H * W)
         # [n, C, N, HoWo]; on 1-pixel maps every branch is a per-channel scale (a bmm of 1×1s is slow)
         z = xr * m if H * W == 1 else torch.matmul(xr, m)
+        if z.dtype in (torch.float16, torch.bfloat16):  # AMP: batch statistics in fp32, as BatchNorm keeps them
+            z = z.float()
         var, mean = torch.var_mean(z, dim=(2, 3), correction=0)
         count = N * out[0] * out[1]
         B = self.num_conv_branches
