@@ -69,4 +69,4 @@ def test_eval_refuses_a_classification_run(tmp_path, capsys):
 def test_unknown_flag_names_the_nearest_key(capsys):
     with pytest.raises(SystemExit) as e:
         main(["detect", "train", "--epoch", "3"])
-    assert e.value.code == 2 and "did you mean 'epochs'" in capsys.readouterr().err
+    assert e.value.code == 2 and "did you mean --epochs?" in capsys.readouterr().err

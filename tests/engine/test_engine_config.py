@@ -38,7 +38,7 @@ def test_unknown_key_on_cli_names_nearest(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["train", "--weight-decy", "0.1"])
     assert e.value.code == 2
-    assert "did you mean 'weight_decay'" in capsys.readouterr().err
+    assert "did you mean --weight-decay?" in capsys.readouterr().err  # the flag as it is typed
     with pytest.raises(ValueError, match="did you mean 'model_ema_decay'"):
         load_config(None, model_ema_decy=0.9)
 
