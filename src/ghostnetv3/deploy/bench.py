@@ -1,11 +1,18 @@
 """Size and speed of a model in every form it ships in: params/MACs (train and fused form) and
-latency (median, p90) of PyTorch eager fp32, onnxruntime fp32 and onnxruntime INT8.
+latency (median, p90) of PyTorch eager, onnxruntime, OpenVINO, ExecuTorch (XNNPACK) and LiteRT,
+fp32 and INT8.
 
-Backends are timed interleaved (one call of each per round), so a load spike from another
-process hits all of them alike instead of whichever happened to be running.
+How the timing avoids interference: each backend is timed in its own block (warm-up, then
+consecutive calls), never call-by-call interleaved with another runtime, because a runtime's idle
+worker threads keep spinning after a call and slow whatever runs next (PyTorch eager measured
+2.8x slower interleaved with onnxruntime). onnxruntime sessions are also built with
+`session.intra_op.allow_spinning = "0"`. The blocks are repeated in `rounds` passes over all
+backends, so a load spike from another process on a shared machine hits every backend alike.
 """
 from __future__ import annotations
 
+import datetime
+import importlib.util
 import os
 import platform
 import tempfile
@@ -17,14 +24,69 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["bench", "time_interleaved", "summarize", "format_table", "machine_info"]
+__all__ = ["bench", "time_blocks", "time_interleaved", "summarize", "format_table", "machine_info",
+           "make_runners", "select_backends", "write_report", "BACKENDS", "BACKEND_GROUPS"]
 
-BACKENDS = ("torch_eager_fp32", "onnxruntime_fp32", "onnxruntime_int8")
+# --backends names -> the rows they time
+BACKEND_GROUPS = {
+    "torch": ("torch_eager_fp32",),
+    "onnxruntime": ("onnxruntime_fp32", "onnxruntime_int8"),
+    "openvino": ("openvino_fp32", "openvino_int8"),
+    "executorch": ("executorch_xnnpack_fp32", "executorch_xnnpack_int8"),
+    "litert": ("litert_fp32", "litert_int8"),
+}
+BACKENDS = tuple(b for rows in BACKEND_GROUPS.values() for b in rows)
+# the packages a group needs, and the extra that installs them
+_GROUP_NEEDS = {"torch": ((), None), "onnxruntime": (("onnx", "onnxruntime"), "deploy"),
+                "openvino": (("openvino", "nncf"), "edge"), "executorch": (("executorch", "torchao"), "edge"),
+                "litert": (("litert_torch", "ai_edge_litert", "torchao"), "edge")}
+_GROUP_FORMAT = {"openvino": "openvino", "executorch": "executorch", "litert": "tflite"}
+
+
+def select_backends(spec: str | Sequence[str] = "all") -> tuple[list[str], dict[str, str]]:
+    """(groups to time, {group: why skipped}). 'all' takes every installed group; a group asked
+    for by name whose runtime is missing is a one-line error naming the extra."""
+    from ghostnetv3.deploy.edge import MissingExtraError
+    names = list(BACKEND_GROUPS) if spec in ("all", None) else (
+        [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
+    unknown = [n for n in names if n not in BACKEND_GROUPS]
+    if unknown:
+        raise ValueError(f"--backends: unknown {', '.join(unknown)}; use {', '.join(BACKEND_GROUPS)} or all")
+    groups, skipped = [], {}
+    for g in names:
+        mods, extra = _GROUP_NEEDS[g]
+        missing = [m for m in mods if importlib.util.find_spec(m) is None]
+        if not missing:
+            groups.append(g)
+        elif spec in ("all", None):
+            skipped[g] = f"not installed ({', '.join(missing)}): pip install ghostnetv3[{extra}]"
+        else:
+            raise MissingExtraError(f"backend {g} needs {', '.join(missing)}: pip install ghostnetv3[{extra}]")
+    return groups, skipped
+
+
+def time_blocks(fns: dict[str, Callable[[], Any]], repeats: int = 30, warmup: int = 5,
+                rounds: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each function: `rounds` passes; in each, every function runs alone
+    in its own block: `warmup` untimed calls, then its share of `repeats` timed calls."""
+    rounds = max(1, min(rounds, repeats))
+    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for n in per_round:
+        for name, fn in fns.items():
+            for _ in range(warmup):
+                fn()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 30,
                      warmup: int = 5) -> dict[str, list[float]]:
-    """Seconds per call of each function, measured round-robin after `warmup` calls each."""
+    """Seconds per call of each function, measured round-robin after `warmup` calls each. Fair
+    for PyTorch-only comparisons; across runtimes use `time_blocks` (spinning threads)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -45,15 +107,21 @@ def summarize(seconds: Sequence[float], batch_size: int = 1) -> dict[str, float]
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    import onnxruntime as ort
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "load_avg_1m": round(os.getloadavg()[0], 2)}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+    for pkg in ("onnxruntime", "openvino", "nncf", "executorch", "litert-torch", "ai-edge-litert"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return info
 
 
 def _count(model: nn.Module, input_size: Sequence[int]) -> tuple[int, Optional[int]]:
@@ -65,22 +133,94 @@ def _count(model: nn.Module, input_size: Sequence[int]) -> tuple[int, Optional[i
     return int(params), int(macs)
 
 
+class _Calibration:
+    """The same INT8 calibration images for every backend: `calib_data`'s train split, else
+    random normal images (fine for latency, says nothing about accuracy)."""
+
+    def __init__(self, calib_data: Optional[str], cfg: dict, input_size: Sequence[int], size: int):
+        if calib_data:
+            from ghostnetv3.deploy.quantize import eval_batches
+            batches, _ = eval_batches(calib_data, "train", {**cfg, "in_chans": input_size[0],
+                                                             "img_size": input_size[1]}, size, 8)
+            self.batches = [x for x, _ in batches]
+            self.name = f"{calib_data}:train"
+        else:
+            g = torch.Generator().manual_seed(0)
+            self.batches = [torch.randn(8, *input_size, generator=g).numpy() for _ in range(max(1, size // 8))]
+            self.name = "random normal images"
+
+    def __call__(self):
+        return iter(self.batches)
+
+
+def make_runners(fused: nn.Module, input_size: Sequence[int], batch: int, groups: Sequence[str],
+                 threads: int, int8: bool, calib: Callable[[], Any], workdir: Path,
+                 cache: dict, log: Callable[[str], None] = print) -> tuple[dict[str, Callable], dict[str, float]]:
+    """({row name: runner taking a float32 NCHW batch}, {row name: max |fp32 file - PyTorch|}).
+    On-device files are exported at this batch size (their shapes are fixed); ONNX once, with a
+    dynamic batch (kept in `cache`)."""
+    from ghostnetv3.deploy.edge import edge_runner, export_edge, export_edge_int8
+    from ghostnetv3.deploy.export import export_onnx, onnx_session
+    from ghostnetv3.deploy.quantize import quantize_onnx
+    runners: dict[str, Callable] = {}
+    diffs: dict[str, float] = {}
+    for g in groups:
+        if g == "torch":
+            runners["torch_eager_fp32"] = lambda x: _no_grad(fused, torch.from_numpy(x))
+            continue
+        if g == "onnxruntime":
+            if "onnx" not in cache:
+                fp32 = export_onnx(fused, workdir / "fp32.onnx", input_size, dynamic_batch=True)
+                cache["onnx"] = [fp32]
+                if int8:
+                    quantize_onnx(fp32, workdir / "int8.onnx", calib())
+                    cache["onnx"].append(workdir / "int8.onnx")
+            for path, row in zip(cache["onnx"], BACKEND_GROUPS[g]):
+                sess = onnx_session(path, threads)
+                runners[row] = (lambda x, s=sess: s.run(None, {"input": x})[0])
+            continue
+        fmt, (row32, row8) = _GROUP_FORMAT[g], BACKEND_GROUPS[g]
+        log(f"exporting {fmt} at batch {batch}{' (fp32, INT8)' if int8 else ''}")
+        path = export_edge(fused, workdir / f"{fmt}_b{batch}_fp32{_suffix(fmt)}", fmt, input_size, batch)
+        runners[row32] = edge_runner(path, fmt, threads)
+        if int8:
+            path8, _, _ = export_edge_int8(fused, workdir / f"{fmt}_b{batch}_int8{_suffix(fmt)}", fmt,
+                                           input_size, calib(), batch)
+            runners[row8] = edge_runner(path8, fmt, threads)
+    x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(batch))
+    ref = _no_grad(fused, x).numpy()
+    for row, run in runners.items():
+        if row.endswith("fp32"):
+            diffs[row] = float(np.abs(np.asarray(run(x.numpy())) - ref).max())
+    return runners, diffs
+
+
+def _suffix(fmt: str) -> str:
+    from ghostnetv3.deploy.edge import EDGE_FORMATS
+    return EDGE_FORMATS[fmt]
+
+
 def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes: Sequence[int] = (1, 32),
           threads: Optional[int] = None, repeats: int = 30, warmup: int = 5,
           calib_data: Optional[str] = None, calib_size: int = 64, int8: bool = True,
           train_form: bool = False, log: Callable[[str], None] = print,
-          weights: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, Any]:
-    """Benchmark MODEL_NAME | RUN_DIR | CHECKPOINT. INT8 is calibrated on `calib_data` (its
-    train split) when given, else on random normal images (fine for latency, not for accuracy)."""
-    from ghostnetv3.deploy.export import export_onnx, onnx_session, verify_export
+          weights: Optional[str] = None, checkpoint: Optional[str] = None,
+          backends: str | Sequence[str] = "all", rounds: int = 3,
+          extra: Optional[dict[str, Callable[[np.ndarray], Any]]] = None) -> dict[str, Any]:
+    """Benchmark MODEL_NAME | RUN_DIR | CHECKPOINT on every backend in `backends` (groups:
+    torch, onnxruntime, openvino, executorch, litert; 'all': those installed). INT8 is calibrated
+    on `calib_data` (its train split) when given, else on random normal images. `extra`: more
+    runners (any batch size) timed in the same blocks, e.g. a baseline model."""
+    from ghostnetv3.deploy.edge import set_executorch_threads
     from ghostnetv3.deploy.load import load_for_deploy
     from ghostnetv3.deploy.prepare import to_deploy_form
-    from ghostnetv3.deploy.quantize import eval_batches, quantize_onnx
 
     threads = int(threads or torch.get_num_threads())
-    if any(b < 1 for b in batch_sizes) or repeats < 1:
-        raise ValueError("batch sizes and --repeats must be positive")
-    model, cfg = load_for_deploy(spec, weights=weights, checkpoint=checkpoint)
+    if any(b < 1 for b in batch_sizes) or repeats < 1 or rounds < 1:
+        raise ValueError("batch sizes, --repeats and --rounds must be positive")
+    groups, skipped = select_backends(backends)
+    model, cfg = load_for_deploy(spec, weights=weights, checkpoint=checkpoint,
+                                 in_chans=int(input_size[0]) if input_size else None)
     if input_size:
         if len(input_size) != 3:
             raise ValueError(f"--input-size is C H W, got {list(input_size)}")
@@ -88,53 +228,48 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
     else:
         input_size = (int(cfg["in_chans"]), int(cfg["img_size"]), int(cfg["img_size"]))
     torch.set_num_threads(threads)
+    if "executorch" in groups:
+        set_executorch_threads(threads)
     fused, info = to_deploy_form(model, log=lambda m: None)
     p_train, m_train = _count(model, input_size)
     p_fused, m_fused = _count(fused, input_size)
+    calib = _Calibration(calib_data, cfg, input_size, calib_size) if int8 else None
     result: dict[str, Any] = {
         "model": cfg["model"], "source": str(spec), "weights": cfg.get("weights"),
         "weights_from": cfg.get("weights_from"),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "input_size": list(input_size), "batch_sizes": list(batch_sizes), "repeats": repeats,
-        "warmup": warmup, "machine": machine_info(threads),
+        "warmup": warmup, "rounds": rounds, "machine": machine_info(threads),
+        "timing": f"each backend alone in its own block ({warmup} warm-up calls, then consecutive timed "
+                  f"calls), {rounds} passes over all backends; onnxruntime with allow_spinning=0",
         "params": {"train_form": p_train, "fused": p_fused},
         "macs": {"train_form": m_train, "fused": m_fused},
-        "latency": []}
+        "backends": groups, "skipped": skipped, "max_diff_vs_torch": {}, "latency": []}
+    if calib is not None:
+        result["int8_calibration"] = calib.name
+        result["int8_calib_images"] = sum(len(b) for b in calib.batches)
 
+    cache: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = export_onnx(fused, Path(tmp) / "fp32.onnx", input_size, dynamic_batch=True, cfg=cfg)
-        diff = verify_export(fused, fp32, "onnx", input_size, (1,))
-        result["onnx_max_diff"] = diff
-        sessions = {"onnxruntime_fp32": onnx_session(fp32, threads)}
-        if int8:
-            if calib_data:
-                batches, _ = eval_batches(calib_data, "train", {**cfg, "in_chans": input_size[0],
-                                                                 "img_size": input_size[1]}, calib_size)
-                calib = (x for x, _ in batches)
-            else:
-                g = torch.Generator().manual_seed(0)
-                calib = (torch.randn(8, *input_size, generator=g).numpy() for _ in range(max(1, calib_size // 8)))
-            q = quantize_onnx(fp32, Path(tmp) / "int8.onnx", calib)
-            result["int8_calibration"] = f"{calib_data}:train" if calib_data else "random normal images"
-            result["int8_calib_images"] = q["calib_images"]
-            sessions["onnxruntime_int8"] = onnx_session(Path(tmp) / "int8.onnx", threads)
-
         for b in batch_sizes:
             x = torch.randn(b, *input_size, generator=torch.Generator().manual_seed(b))
             xn = x.numpy()
+            runners, diffs = make_runners(fused, input_size, b, groups, threads, int8, calib, Path(tmp), cache, log)
+            result["max_diff_vs_torch"].update({f"{k}@{b}": v for k, v in diffs.items()})
             fns: dict[str, Callable[[], Any]] = {}
             if train_form:
                 fns["torch_eager_fp32_train_form"] = lambda: _no_grad(model, x)
-            fns["torch_eager_fp32"] = lambda: _no_grad(fused, x)
-            for name, sess in sessions.items():
-                inp = sess.get_inputs()[0].name
-                fns[name] = (lambda s=sess, i=inp: s.run(None, {i: xn}))
-            log(f"timing batch {b}: {', '.join(fns)} ({repeats} interleaved rounds, threads: {threads})")
-            times = time_interleaved(fns, repeats, warmup)
+            fns.update({name: (lambda r=run: r(xn)) for name, run in {**runners, **(extra or {})}.items()})
+            log(f"timing batch {b}: {', '.join(fns)} ({repeats} calls each in {rounds} blocks, threads: {threads})")
+            times = time_blocks(fns, repeats, warmup, rounds)
             for name, t in times.items():
                 result["latency"].append({"backend": name, "batch_size": b, **summarize(t, b)})
+            del runners, fns
+    result["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     eager = {r["batch_size"]: r["median_ms"] for r in result["latency"] if r["backend"] == "torch_eager_fp32"}
     for r in result["latency"]:
-        r["vs_eager_fused"] = round(r["median_ms"] / eager[r["batch_size"]], 3)
+        if r["batch_size"] in eager:
+            r["vs_eager_fused"] = round(r["median_ms"] / eager[r["batch_size"]], 3)
     return result
 
 
@@ -155,8 +290,72 @@ def format_table(r: dict[str, Any]) -> str:
              f"{_fmt_count(r['macs']['train_form'], '')}, fused {_fmt_count(r['macs']['fused'], '')}"]
     rows = [("backend", "batch", "median ms", "p90 ms", "img/s", "vs eager")]
     for x in r["latency"]:
+        vs = f"{x['vs_eager_fused']:.2f}x" if "vs_eager_fused" in x else "-"
         rows.append((x["backend"], str(x["batch_size"]), f"{x['median_ms']:.2f}", f"{x['p90_ms']:.2f}",
-                     f"{x['images_per_s']:.1f}", f"{x['vs_eager_fused']:.2f}x"))
+                     f"{x['images_per_s']:.1f}", vs))
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(row)) for row in rows]
+    lines += [f"skipped {g}: {why}" for g, why in r.get("skipped", {}).items()]
     return "\n".join(lines)
+
+
+def format_markdown(r: dict[str, Any]) -> str:
+    """The table as markdown, with what was measured, how, and on what machine."""
+    m = r["machine"]
+    head = [f"## {r['model']} at {'x'.join(map(str, r['input_size']))}, {m['threads']} threads",
+            "",
+            f"- date: {r.get('date', '-')}; machine: {m['cpu']} ({m['cores']} cores), load average "
+            f"(1 min) {m['load_avg_1m']} before, {m.get('load_avg_1m_after', '-')} after",
+            f"- timing: {r.get('timing', 'interleaved')}; {r['repeats']} timed calls per backend and batch",
+            f"- weights: {r.get('weights_from') or r.get('weights')}; INT8 calibrated on "
+            f"{r.get('int8_calibration', '-')}",
+            f"- params: train form {_fmt_count(r['params']['train_form'], '')}, fused "
+            f"{_fmt_count(r['params']['fused'], '')}; MACs (per image): train form "
+            f"{_fmt_count(r['macs']['train_form'], '')}, fused {_fmt_count(r['macs']['fused'], '')}",
+            f"- versions: " + ", ".join(f"{k} {v}" for k, v in m.items()
+                                        if k not in ("cpu", "cores", "threads", "load_avg_1m", "load_avg_1m_after")),
+            "", "| backend | batch | median ms | p90 ms | img/s | vs eager fp32 |", "|---|---:|---:|---:|---:|---:|"]
+    for x in r["latency"]:
+        vs = f"{x['vs_eager_fused']:.2f}x" if "vs_eager_fused" in x else "-"
+        head.append(f"| {x['backend']} | {x['batch_size']} | {x['median_ms']:.2f} | {x['p90_ms']:.2f} | "
+                    f"{x['images_per_s']:.1f} | {vs} |")
+    head += [f"\nskipped {g}: {why}" for g, why in r.get("skipped", {}).items()]
+    return "\n".join(head) + "\n"
+
+
+def plot_latency(r: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Horizontal bars of median latency, one panel per batch size."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+    sizes = list(dict.fromkeys(x["batch_size"] for x in r["latency"]))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 0.45 * len(r["latency"]) / len(sizes) + 1.8),
+                             squeeze=False)
+    for ax, b in zip(axes[0], sizes):
+        rows = [x for x in r["latency"] if x["batch_size"] == b]
+        names = [x["backend"] for x in rows]
+        ax.barh(names, [x["median_ms"] for x in rows],
+                color=["tab:orange" if n.endswith("int8") else "tab:blue" for n in names])
+        for i, x in enumerate(rows):
+            ax.text(x["median_ms"], i, f" {x['median_ms']:.1f}", va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("median latency (ms)")
+        ax.set_title(f"batch {b}")
+    fig.suptitle(f"{r['model']} {'x'.join(map(str, r['input_size']))}, {r['machine']['threads']} threads "
+                 f"(load {r['machine']['load_avg_1m']})", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(r: dict[str, Any], directory: str | os.PathLike) -> list[Path]:
+    """DIR/latency.md, DIR/latency.png, DIR/bench.json."""
+    import json
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    md, js = d / "latency.md", d / "bench.json"
+    md.write_text(format_markdown(r))
+    js.write_text(json.dumps(r, indent=2) + "\n")
+    return [md, plot_latency(r, d / "latency.png"), js]

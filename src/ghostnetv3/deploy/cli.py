@@ -1,8 +1,9 @@
 """`ghostnetv3 export | quantize | bench`: the way out of PyTorch, and what it costs.
 
     ghostnetv3 export runs/fmnist --format onnx --output model.onnx --dynamic-batch
-    ghostnetv3 quantize runs/fmnist --calib-data fashion-mnist
-    ghostnetv3 bench ghostnetv3_100 --batch-sizes 1,32 --threads 2
+    ghostnetv3 export runs/fmnist --format executorch --output model.pte     # or tflite, openvino
+    ghostnetv3 quantize runs/fmnist --calib-data fashion-mnist [--format executorch|tflite|openvino]
+    ghostnetv3 bench ghostnetv3_100 --batch-sizes 1,32 --threads 2 --report bench/
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ghostnetv3.deploy.edge import EDGE_FORMATS
+from ghostnetv3.deploy.export import FORMATS
 from ghostnetv3.models.weights import add_weights_flags
 
 
@@ -29,16 +32,21 @@ def _write_json(path: str | None, obj) -> None:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="fuse, export to ONNX or TorchScript, and verify the file against PyTorch",
-        description="Fuse the model (eval mode), export it, then run the exported file on sample "
-                    "inputs and fail (exit 1) if it differs from PyTorch by more than --tolerance.")
+        "export", help="fuse, export (ONNX, TorchScript, ExecuTorch, LiteRT, OpenVINO), verify against PyTorch",
+        description="Fuse the model (eval mode), export it, then run the exported file in its own "
+                    "runtime on sample inputs and fail (exit 1, nothing written) if it differs from "
+                    "PyTorch by more than --tolerance. executorch (.pte, XNNPACK delegate), tflite "
+                    "(LiteRT) and openvino (.xml + .bin) have a fixed input shape and a <file>.json "
+                    "beside them saying what the model expects; they need pip install ghostnetv3[edge].")
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL_NAME")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--output", "-o", required=True, metavar="FILE")
     p.add_argument("--model", default=None, help="architecture of a bare checkpoint file")
     p.add_argument("--num-classes", type=int, default=None, help="model name only: classes of the random head")
     _input_size(p)
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (checked at 1 and 3)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="executorch/tflite/openvino: the file's fixed batch size (default 1)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - PyTorch| allowed")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
@@ -46,10 +54,14 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
-        "quantize", help="static INT8 quantization (onnxruntime, QDQ) and its top-1 cost",
-        description="Quantize a run (exported to fp32 ONNX first) or an ONNX file to INT8 with "
-                    "calibration images, then report top-1 of fp32 vs INT8 on the eval split.")
+        "quantize", help="static INT8 quantization (onnxruntime, ExecuTorch, LiteRT, OpenVINO) and its top-1 cost",
+        description="Quantize a run (exported to fp32 first) or an ONNX file to INT8 with "
+                    "calibration images, then report top-1 of fp32 vs INT8 on the eval split, each "
+                    "run in its own runtime. Nothing is written unless every step succeeds.")
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
+    p.add_argument("--format", choices=("onnx", *EDGE_FORMATS), default="onnx",
+                   help="onnx (onnxruntime QDQ; default), executorch (XNNPACK PT2E), tflite (LiteRT "
+                        "PT2E) or openvino (NNCF); the last three from a run or checkpoint")
     p.add_argument("--calib-data", default=None, metavar="NAME",
                    help="calibration dataset: fashion-mnist, elpv or a folder (its train split)")
     p.add_argument("--calib-size", type=int, default=512, help="calibration images (seeded subset)")
@@ -58,10 +70,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--eval-size", type=int, default=None, help="score only N images (seeded subset)")
     p.add_argument("--no-eval", action="store_true", help="quantize only")
     p.add_argument("--output", "-o", default=None, metavar="FILE",
-                   help="INT8 file (default: RUN_DIR/deploy/model_int8.onnx or MODEL.int8.onnx)")
+                   help="INT8 file (default: RUN_DIR/deploy/model_int8.<ext> or MODEL.int8.onnx)")
     _input_size(p)
-    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy"), default="percentile",
-                   help="activation range: 99.999th percentile (default), min/max, or entropy")
+    p.add_argument("--calib-method", choices=("percentile", "minmax", "entropy", "histogram"), default=None,
+                   help="activation range. onnx: percentile (99.999th; default), minmax or entropy; "
+                        "executorch/tflite: histogram (default) or minmax; openvino: NNCF's own")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="one weight scale per output channel (default on)")
     p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
@@ -72,9 +85,14 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_quantize)
 
     p = subparsers.add_parser(
-        "bench", help="params, MACs and latency: PyTorch eager vs onnxruntime fp32 vs INT8",
-        description="Params and MACs (train and fused form); latency median and p90 over "
-                    "interleaved repeated runs after warm-up, for each backend and batch size.")
+        "bench", help="params, MACs and latency of every backend: PyTorch, onnxruntime, OpenVINO, "
+                      "ExecuTorch, LiteRT; fp32 and INT8",
+        description="Params and MACs (train and fused form); latency median and p90 for each backend "
+                    "and batch size. Each backend is timed in its own block (after its own warm-up), "
+                    "never interleaved call by call with another runtime, and onnxruntime's threads "
+                    "do not spin between runs: one runtime's idle threads cannot slow the next. The "
+                    "blocks are repeated in --rounds passes, so a load spike on a shared machine hits "
+                    "every backend alike.")
     p.add_argument("source", metavar="MODEL_NAME|RUN_DIR|CHECKPOINT")
     _input_size(p)
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated (default 1,32)")
@@ -84,7 +102,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--calib-data", default=None, metavar="NAME",
                    help="calibrate INT8 on this dataset (default: random images; latency only)")
-    p.add_argument("--no-int8", action="store_true", help="skip the INT8 backend")
+    p.add_argument("--no-int8", action="store_true", help="skip the INT8 backends")
+    p.add_argument("--backends", default="all", metavar="LIST",
+                   help="comma-separated (torch, onnxruntime, openvino, executorch, litert) or 'all' "
+                        "(default: every one installed; the others are listed as skipped)")
+    p.add_argument("--rounds", type=int, default=3, help="passes over the backends (default 3)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write DIR/latency.md (markdown table), DIR/latency.png (bar chart), DIR/bench.json")
     p.add_argument("--train-form", action="store_true", help="also time the unfused model in eager")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="bare --json: print the report as JSON instead of the table; --json FILE: also write it")
@@ -105,13 +129,13 @@ def run_export(args) -> int:
     print(f"{cfg['model']} ({weights}) -> {args.format} at {'x'.join(map(str, size))}")
     try:
         report = export_model(model, args.output, args.format, size, dynamic_batch=args.dynamic_batch,
-                              opset=args.opset, tolerance=args.tolerance, cfg=cfg)
+                              opset=args.opset, tolerance=args.tolerance, cfg=cfg, batch_size=args.batch_size)
     except ExportMismatchError as e:
         print(f"max |{args.format} - pytorch| = {e.max_diff:.3g}  FAIL (tolerance {args.tolerance:g})")
         raise
     print(f"max |{args.format} - pytorch| = {report['max_diff']:.3g}  ok (tolerance {args.tolerance:g}, "
           f"batch {', '.join(map(str, report['batch_sizes_checked']))})")
-    print(f"wrote {report['output']} ({report['size_bytes'] / 1e6:.2f} MB)")
+    print(f"wrote {', '.join(report.get('files', [report['output']]))} ({report['size_bytes'] / 1e6:.2f} MB)")
     _write_json(args.json, report)
     return 0
 
@@ -123,6 +147,7 @@ def run_quantize(args) -> int:
                       input_size=args.input_size, per_channel=args.per_channel,
                       calib_method=args.calib_method, activation_type=args.activation_type,
                       evaluate=not args.no_eval, weights=args.weights, checkpoint=args.run_checkpoint,
+                      fmt=args.format,
                       log=print if args.json != "-" else (lambda m: None))
     if args.json != "-":
         print(format_report(report))
@@ -138,10 +163,15 @@ def run_bench(args) -> int:
         raise ValueError(f"--batch-sizes: expected comma-separated integers, got '{args.batch_sizes}'") from None
     result = bench(args.source, input_size=args.input_size, batch_sizes=sizes, threads=args.threads,
                    repeats=args.repeats, warmup=args.warmup, calib_data=args.calib_data,
-                   int8=not args.no_int8, train_form=args.train_form,
+                   int8=not args.no_int8, train_form=args.train_form, backends=args.backends,
+                   rounds=args.rounds,
                    weights=args.weights, checkpoint=args.run_checkpoint,
                    log=print if args.json != "-" else (lambda m: None))
     if args.json != "-":
         print(format_table(result))
+    if args.report:
+        from ghostnetv3.deploy.bench import write_report
+        for path in write_report(result, args.report):
+            print(f"wrote {path}")
     _write_json(args.json, result)
     return 0

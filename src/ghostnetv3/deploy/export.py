@@ -1,4 +1,5 @@
-"""Export a fused model to ONNX or TorchScript, then prove the file computes what PyTorch does.
+"""Export a fused model (ONNX, TorchScript, or an on-device format: ExecuTorch, LiteRT, OpenVINO;
+see `edge.py`), then prove the file computes what PyTorch does, in its own runtime.
 
 ONNX goes through the TorchScript-based exporter (`dynamo=False`): on torch 2.14 it is exact
 (~1e-8 on GhostNetV3), takes ~1 s instead of ~15 s, and writes the requested opset directly,
@@ -6,7 +7,9 @@ where the dynamo exporter only emits opset >= 18 and fails to down-convert. The 
 stays as a fallback for models the tracer cannot handle.
 
 What the model expects (image size, channels, normalization, classes) is written into the file
-(ONNX metadata_props, a TorchScript extra file), so `quantize` and `bench` can read it back.
+(ONNX metadata_props, a TorchScript extra file, a `<file>.json` beside an on-device file), so
+`quantize` and `bench` can read it back. Files are written under a temporary name and moved into
+place only after the check passed: a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -23,15 +26,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ghostnetv3.deploy.edge import (EDGE_FORMATS, commit_files, discard_files, edge_runner, export_edge,
+                                    file_size, read_sidecar)
+from ghostnetv3.errors import UserError
+
 __all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export", "read_metadata",
-           "onnx_session", "ExportMismatchError", "META_KEY"]
+           "onnx_session", "ExportMismatchError", "META_KEY", "FORMATS"]
 
 META_KEY = "ghostnetv3"  # ONNX metadata_props key / TorchScript extra-file name (JSON value)
 _META_FIELDS = ("model", "num_classes", "in_chans", "img_size", "mean", "std", "data", "seed",
                 "val_fraction", "eval_crop_pct", "interpolation", "weights", "source", "classes")
 
 
-class ExportMismatchError(RuntimeError):
+FORMATS = ("onnx", "torchscript", *EDGE_FORMATS)
+
+
+class ExportMismatchError(UserError):
     """The exported file's outputs differ from PyTorch's by more than the tolerance."""
 
     def __init__(self, message: str, max_diff: float):
@@ -110,6 +120,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix in EDGE_FORMATS.values():
+        return read_sidecar(path)
     if path.suffix == ".onnx":
         import onnx
         proto = onnx.load(str(path), load_external_data=False)
@@ -134,11 +146,17 @@ def onnx_session(path: str | os.PathLike, threads: Optional[int] = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    # onnxruntime's idle intra-op threads busy-wait for the next run by default, starving whatever
+    # runs next in the process (PyTorch eager measured 2.8x slower right after it)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _runner(path: Path, fmt: str) -> Callable[[np.ndarray], np.ndarray]:
+    if fmt in EDGE_FORMATS:
+        return edge_runner(path, fmt)
     if fmt == "onnx":
         sess = onnx_session(path)
         name = sess.get_inputs()[0].name
@@ -174,14 +192,19 @@ def verify_export(model: nn.Module, path: str | os.PathLike, fmt: str, input_siz
 def export_model(model: nn.Module, output: str | os.PathLike, fmt: str = "onnx",
                  input_size: Sequence[int] = (3, 224, 224), dynamic_batch: bool = False,
                  opset: int = 17, tolerance: float = 1e-4, cfg: Optional[dict] = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fuse (if needed), export, verify. Raises ExportMismatchError beyond `tolerance`.
+                 log: Callable[[str], None] = print, batch_size: int = 1) -> dict[str, Any]:
+    """Fuse (if needed), export, verify. Raises ExportMismatchError beyond `tolerance`, and then
+    `output` is not written. On-device formats have the fixed batch `batch_size`.
 
     Returns a report: output, format, max_diff, batch_sizes checked, fusion info.
     """
     from ghostnetv3.deploy.prepare import to_deploy_form
-    if fmt not in ("onnx", "torchscript"):
-        raise ValueError(f"unknown format '{fmt}': use onnx or torchscript")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
+    if fmt in EDGE_FORMATS and dynamic_batch:
+        raise ValueError(f"--dynamic-batch is for onnx; a {fmt} file has a fixed batch (--batch-size)")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1 (got {batch_size})")
     input_size = tuple(int(s) for s in input_size)
     if len(input_size) != 3:
         raise ValueError(f"input size is C H W, got {input_size}")
@@ -190,18 +213,42 @@ def export_model(model: nn.Module, output: str | os.PathLike, fmt: str = "onnx",
     if info["fusion_max_diff"] is not None and not info["fusion_max_diff"] <= tolerance:
         log(f"warning: the fused model differs from the unfused one by {info['fusion_max_diff']:.3g} "
             f"(> {tolerance:g}); the export is checked against the fused model")
-    if fmt == "onnx":
-        path = export_onnx(fused, output, input_size, dynamic_batch=dynamic_batch, opset=opset, cfg=cfg)
-    else:  # a traced module runs at any batch size, so check batch 3 as well
-        path = export_torchscript(fused, output, input_size, cfg=cfg)
-    batch_sizes = (1, 3) if dynamic_batch or fmt == "torchscript" else (1,)
-    diff = verify_export(fused, path, fmt, input_size, batch_sizes)
-    report = {"output": str(path), "format": fmt, "input_size": list(input_size),
+    final = Path(output)
+    if fmt in EDGE_FORMATS and final.suffix != EDGE_FORMATS[fmt]:
+        raise ValueError(f"--output {final}: a {fmt} file ends in {EDGE_FORMATS[fmt]}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
+    try:
+        if fmt == "onnx":
+            export_onnx(fused, tmp, input_size, dynamic_batch=dynamic_batch, opset=opset, cfg=cfg)
+        elif fmt == "torchscript":
+            export_torchscript(fused, tmp, input_size, cfg=cfg)
+        else:
+            export_edge(fused, tmp, fmt, input_size, batch_size, meta=_metadata(cfg))
+        if fmt in EDGE_FORMATS:
+            batch_sizes: tuple[int, ...] = (batch_size,)
+        else:  # a traced module runs at any batch size, so check batch 3 as well
+            batch_sizes = (1, 3) if dynamic_batch or fmt == "torchscript" else (1,)
+        diff = verify_export(fused, tmp, fmt, input_size, batch_sizes)
+        if not diff <= tolerance:  # NaN fails too
+            raise ExportMismatchError(f"{fmt} output differs from PyTorch: max |diff| = {diff:.3g} > "
+                                      f"tolerance {tolerance:g} (nothing written to {final})", diff)
+        size = file_size(tmp, fmt) if fmt in EDGE_FORMATS else tmp.stat().st_size
+        if fmt in EDGE_FORMATS:
+            commit_files(tmp, final, fmt)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if fmt in EDGE_FORMATS:
+            discard_files(tmp, fmt)
+        elif tmp.exists():
+            tmp.unlink()
+    report = {"output": str(final), "format": fmt, "input_size": list(input_size),
               "dynamic_batch": bool(dynamic_batch or fmt == "torchscript"),
               "max_diff": diff, "tolerance": tolerance, "batch_sizes_checked": list(batch_sizes),
-              "size_bytes": path.stat().st_size, **{f"fusion_{k}" if not k.startswith("fusion") else k: v
-                                                     for k, v in info.items()}}
-    if not diff <= tolerance:  # NaN fails too
-        raise ExportMismatchError(f"{fmt} output differs from PyTorch: max |diff| = {diff:.3g} > "
-                                  f"tolerance {tolerance:g} ({path})", diff)
+              "size_bytes": size, **{f"fusion_{k}" if not k.startswith("fusion") else k: v
+                                     for k, v in info.items()}}
+    if fmt in EDGE_FORMATS:
+        report["files"] = [str(final)] + ([str(final.with_suffix(".bin"))] if fmt == "openvino" else []) \
+            + [str(final) + ".json"]
     return report

@@ -8,7 +8,10 @@ the scale, and INT8 lost 0.7 (Fashion-MNIST) and 1.9 (elpv) top-1 points where p
 Activations are uint8 (U8S8): onnxruntime's x86 kernels ran GhostNetV3-1.0 about 2x faster
 than S8S8 here, and VNNI CPUs have no U8S8 saturation problem.
 Calibration and evaluation images go through the data layer's eval transform and the training
-run's split, i.e. exactly what the model saw at validation time.
+run's split, i.e. exactly what the model saw at validation time. The data is read before
+anything is exported, and every file is written into a staging folder beside the outputs and
+moved into place only after every step passed: a failed `quantize` leaves no files.
+`--format executorch|tflite|openvino` hands over to `quantize_edge.py`.
 """
 from __future__ import annotations
 
@@ -180,15 +183,21 @@ def quantize(source: str | os.PathLike, calib_data: Optional[str], *, calib_size
              eval_data: Optional[str] = None, eval_size: Optional[int] = None,
              calib_split: str = "train", eval_split: str = "val", output: Optional[str] = None,
              input_size: Optional[tuple[int, int, int]] = None, per_channel: bool = True,
-             calib_method: str = "percentile", activation_type: str = "uint8", batch_size: int = 64,
+             calib_method: Optional[str] = None, activation_type: str = "uint8", batch_size: int = 64,
              seed: int = 0, evaluate: bool = True, log: Callable[[str], None] = print,
-             weights: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, Any]:
-    """RUN_DIR | CHECKPOINT | MODEL.onnx -> INT8 ONNX, plus fp32 vs INT8 top-1 on `eval_data`.
+             weights: Optional[str] = None, checkpoint: Optional[str] = None,
+             fmt: str = "onnx") -> dict[str, Any]:
+    """RUN_DIR | CHECKPOINT | MODEL.onnx -> INT8 file, plus fp32 vs INT8 top-1 on `eval_data`.
 
-    A run directory or checkpoint is fused and exported to fp32 ONNX first (next to the INT8
-    file). `eval_data` defaults to `calib_data` (its `eval_split`: images not calibrated on).
+    `fmt` onnx (onnxruntime QDQ) or an on-device format (executorch, tflite, openvino; a run
+    directory or checkpoint only). The model is fused and exported to fp32 first (next to the
+    INT8 file). `eval_data` defaults to `calib_data` (its `eval_split`: images not calibrated on).
+    Every check (data, model, export) runs before anything is written: a failed run leaves no files.
     """
+    from ghostnetv3.deploy.edge import EDGE_FORMATS
     source = Path(str(source))
+    if fmt != "onnx" and fmt not in EDGE_FORMATS:
+        raise ValueError(f"--format '{fmt}': use onnx or one of {', '.join(EDGE_FORMATS)}")
     if not calib_data:
         try:
             trained_on = _describe(source).get("data")
@@ -199,47 +208,85 @@ def quantize(source: str | os.PathLike, calib_data: Optional[str], *, calib_size
                          f"(fashion-mnist, elpv or a folder of class folders){hint}")
     if calib_size < 1:
         raise ValueError(f"--calib-size must be at least 1 (got {calib_size})")
+    if fmt in EDGE_FORMATS:
+        from ghostnetv3.deploy.quantize_edge import quantize_edge
+        return quantize_edge(source, calib_data, fmt, calib_size=calib_size, eval_data=eval_data,
+                             eval_size=eval_size, calib_split=calib_split, eval_split=eval_split,
+                             output=output, input_size=input_size, per_channel=per_channel,
+                             observer=calib_method or "histogram", seed=seed, evaluate=evaluate,
+                             log=log, weights=weights, checkpoint=checkpoint)
+    calib_method = calib_method or "percentile"
+    if calib_method not in CALIB_METHODS:
+        raise ValueError(f"--calib-method '{calib_method}' is not an onnxruntime method: use one of "
+                         f"{', '.join(CALIB_METHODS)}")
 
+    model = None
     if source.suffix == ".onnx":
         from ghostnetv3.deploy.export import read_metadata
         fp32_path = source
         cfg = read_metadata(source)
         int8_path = Path(output) if output else source.with_name(source.stem + ".int8.onnx")
     else:
-        from ghostnetv3.deploy.export import export_model
         from ghostnetv3.deploy.load import load_for_deploy
         model, cfg = load_for_deploy(str(source), weights=weights, checkpoint=checkpoint)
         log(f"{cfg['model']}: {cfg.get('weights_from', cfg['weights'] + ' weights')}")
-        if input_size:
-            cfg["in_chans"], cfg["img_size"] = int(input_size[0]), int(input_size[1])
         out_dir = (Path(output).parent if output else
                    (source / "deploy" if source.is_dir() else source.with_name(source.stem + "_deploy")))
         fp32_path = out_dir / "model_fp32.onnx"
         int8_path = Path(output) if output else out_dir / "model_int8.onnx"
-        rep = export_model(model, fp32_path, "onnx", (cfg["in_chans"], cfg["img_size"], cfg["img_size"]),
-                           dynamic_batch=True, cfg=cfg, log=log)
-        log(f"exported fp32 ONNX: {fp32_path} (max |onnx - torch| = {rep['max_diff']:.2g})")
     if input_size:
         cfg["in_chans"], cfg["img_size"] = int(input_size[0]), int(input_size[1])
     if not cfg.get("img_size") or not cfg.get("in_chans"):
         raise ValueError(f"{source}: input size unknown (dynamic in the file, no metadata); pass --input-size C H W")
-
+    # The data is read (and a wrong name reported) before anything is exported or written.
     batches, n_calib = eval_batches(calib_data, calib_split, cfg, calib_size, batch_size, seed)
-    log(f"calibrating on {n_calib} images of {calib_data}:{calib_split} ({calib_method}, "
-        f"{'per-channel' if per_channel else 'per-tensor'} weights)")
-    report = {"source": str(source), "fp32_onnx": str(fp32_path), "int8_onnx": str(int8_path),
-              "calib_data": f"{calib_data}:{calib_split}"}
-    report.update(quantize_onnx(fp32_path, int8_path, (x for x, _ in batches), per_channel,
-                                calib_method, activation_type))
-    report["fp32_size_bytes"] = Path(fp32_path).stat().st_size
-    report["int8_size_bytes"] = Path(int8_path).stat().st_size
+    eval_name = eval_data or calib_data
     if evaluate:
-        name = eval_data or calib_data
-        batches, _ = eval_batches(name, eval_split, cfg, eval_size, 256, seed)
-        (fp32_top1, int8_top1), n = onnx_top1([fp32_path, int8_path], batches)
-        report.update(eval_data=f"{name}:{eval_split}", eval_images=n, fp32_top1=fp32_top1,
-                      int8_top1=int8_top1, top1_drop=fp32_top1 - int8_top1)
+        eval_iter, _ = eval_batches(eval_name, eval_split, cfg, eval_size, 256, seed)
+
+    report = {"source": str(source), "format": "onnx", "fp32_onnx": str(fp32_path),
+              "int8_onnx": str(int8_path), "calib_data": f"{calib_data}:{calib_split}"}
+    with staging(int8_path.parent) as stage:
+        fp32_work = fp32_path
+        if model is not None:
+            from ghostnetv3.deploy.export import export_model
+            fp32_work = stage / fp32_path.name
+            rep = export_model(model, fp32_work, "onnx", (cfg["in_chans"], cfg["img_size"], cfg["img_size"]),
+                               dynamic_batch=True, cfg=cfg, log=log)
+            log(f"exported fp32 ONNX (max |onnx - torch| = {rep['max_diff']:.2g})")
+        int8_work = stage / int8_path.name
+        log(f"calibrating on {n_calib} images of {calib_data}:{calib_split} ({calib_method}, "
+            f"{'per-channel' if per_channel else 'per-tensor'} weights)")
+        report.update(quantize_onnx(fp32_work, int8_work, (x for x, _ in batches), per_channel,
+                                    calib_method, activation_type))
+        report["fp32_size_bytes"] = Path(fp32_work).stat().st_size
+        report["int8_size_bytes"] = int8_work.stat().st_size
+        if evaluate:
+            (fp32_top1, int8_top1), n = onnx_top1([fp32_work, int8_work], eval_iter)
+            report.update(eval_data=f"{eval_name}:{eval_split}", eval_images=n, fp32_top1=fp32_top1,
+                          int8_top1=int8_top1, top1_drop=fp32_top1 - int8_top1)
+        moves = [(int8_work, int8_path)] + ([(fp32_work, fp32_path)] if model is not None else [])
+        commit(moves)
     return report
+
+
+@contextlib.contextmanager
+def staging(directory: Path) -> Iterator[Path]:
+    """A temporary folder beside the outputs (same filesystem, so moving out of it is atomic),
+    removed on the way out with whatever is still in it."""
+    import shutil
+    directory.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".tmp-quantize-", dir=directory))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def commit(moves: Sequence[tuple[Path, Path]]) -> None:
+    for src, dst in moves:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
 
 
 def _describe(source: Path) -> dict[str, Any]:
@@ -253,9 +300,11 @@ def _describe(source: Path) -> dict[str, Any]:
 
 
 def format_report(r: dict[str, Any]) -> str:
+    fmt = r.get("format", "onnx")
+    files = (r["fp32_onnx"], r["int8_onnx"]) if fmt == "onnx" else (r["fp32_file"], r["int8_file"])
     rows = [("model", "top-1 (%)", "size (MB)", "file"),
-            ("fp32", f"{r['fp32_top1']:.2f}" if "fp32_top1" in r else "-", f"{r['fp32_size_bytes'] / 1e6:.2f}", r["fp32_onnx"]),
-            ("int8", f"{r['int8_top1']:.2f}" if "int8_top1" in r else "-", f"{r['int8_size_bytes'] / 1e6:.2f}", r["int8_onnx"])]
+            ("fp32", f"{r['fp32_top1']:.2f}" if "fp32_top1" in r else "-", f"{r['fp32_size_bytes'] / 1e6:.2f}", files[0]),
+            ("int8", f"{r['int8_top1']:.2f}" if "int8_top1" in r else "-", f"{r['int8_size_bytes'] / 1e6:.2f}", files[1])]
     w = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(row)).rstrip() for row in rows]
     if "eval_images" in r:
