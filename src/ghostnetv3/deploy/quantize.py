@@ -244,7 +244,7 @@ def quantize(source: str | os.PathLike, calib_data: Optional[str], *, calib_size
     if evaluate:
         eval_iter, _ = eval_batches(eval_name, eval_split, cfg, eval_size, 256, seed)
 
-    report = {"source": str(source), "format": "onnx", "fp32_onnx": str(fp32_path),
+    report = {"source": str(source), "fp32_onnx": str(fp32_path),
               "int8_onnx": str(int8_path), "calib_data": f"{calib_data}:{calib_split}"}
     with staging(int8_path.parent) as stage:
         fp32_work = fp32_path
@@ -300,8 +300,7 @@ def _describe(source: Path) -> dict[str, Any]:
 
 
 def format_report(r: dict[str, Any]) -> str:
-    fmt = r.get("format", "onnx")
-    files = (r["fp32_onnx"], r["int8_onnx"]) if fmt == "onnx" else (r["fp32_file"], r["int8_file"])
+    files = (r["fp32_onnx"], r["int8_onnx"]) if "int8_onnx" in r else (r["fp32_file"], r["int8_file"])
     rows = [("model", "top-1 (%)", "size (MB)", "file"),
             ("fp32", f"{r['fp32_top1']:.2f}" if "fp32_top1" in r else "-", f"{r['fp32_size_bytes'] / 1e6:.2f}", files[0]),
             ("int8", f"{r['int8_top1']:.2f}" if "int8_top1" in r else "-", f"{r['int8_size_bytes'] / 1e6:.2f}", files[1])]
