@@ -15,7 +15,8 @@ depthwise conv on 1×1 maps ran at 0.36 GFLOP/s).  `conv2d_cropped` computes the
 - everything else is `F.conv2d` with the cropped kernel.
 
 The decision depends on the input's spatial size, so it is made in eager mode only: under
-TorchScript, `torch.jit.trace`, `torch.export` and ONNX export the plain `F.conv2d` runs instead
+TorchScript, `torch.jit.trace`, `torch.export` (strict or not), `torch.compile` and ONNX export the
+plain `F.conv2d` runs instead
 (a graph must hold for every input size it is later given), and for FX the function is a leaf.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ SMALL_MAP_PIXELS = 4
 
 def eager_shape_logic() -> bool:
     """True when shape-dependent Python may choose the computation (plain eager execution)."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_exporting()
+    return not (torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.compiler.is_compiling()
                 or torch.onnx.is_in_onnx_export())
 
 
