@@ -15,6 +15,10 @@ from tests.conftest import randomize_bn_stats
 
 V3 = ["gnv3_050", "gnv3_100", "gnv3_130", "gnv3_160"]
 NAMES = V3 + ["gnv2_050", "gnv2_100", "gnv2_130", "gnv2_160"]
+# export / FX / grad checkpointing trace the same code at every width (width only scales channels):
+# one V3 and one V2 width keep the suite inside its time budget; forward/backward, script,
+# features and intermediates still run over every name.
+TRACED = ["gnv3_050", "gnv2_100"]
 FORMS = ["train", "fused"]
 SIZE = 32  # the smallest supported input: the last stage is 1×1
 
@@ -79,7 +83,7 @@ def test_torchscript_is_refused_clearly_where_it_cannot_work():
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TRACED)
 def test_torch_export_train_form(name, mode):
     # 64 px, batch 4: BatchNorm over the 2 values of a 1×1 map at batch 2 amplifies rounding
     model = randomize_bn_stats(_build(name, "train", num_classes=5, drop_rate=0.0))
@@ -96,7 +100,7 @@ def test_torch_export_train_form(name, mode):
             torch.testing.assert_close(got[n], b, rtol=1e-5, atol=1e-6, msg=n)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TRACED)
 def test_torch_export_fused(name):
     model = _build(name, "fused", num_classes=5).eval()
     exported = torch.export.export(model, (_x(),)).module()
@@ -177,7 +181,7 @@ def test_forward_intermediates(name, form):
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TRACED)
 def test_fx_forward_backward(name, form, mode):
     model = randomize_bn_stats(_build(name, form, num_classes=5, drop_rate=0.0))
     getattr(model, mode)()
@@ -200,7 +204,7 @@ def test_fx_forward_backward(name, form, mode):
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", TRACED)
 def test_grad_checkpointing(name, form):
     model = _build(name, form, num_classes=5, drop_rate=0.0).train()
     ckpt = copy.deepcopy(model)
