@@ -244,7 +244,13 @@ def finished_run(cfg: C.TrainConfig) -> dict | None:
     if not cfg.resume:
         return None
     state = ckpt_io.load(ckpt_io.find_checkpoint(cfg.resume))
-    if state.get("step", 0) == 0 and state.get("epoch", 0) >= cfg.epochs:
+    if state.get("model_name") != cfg.model:  # not this run's model: train() refuses it with the reason
+        return None
+    plan = state.get("plan") or {}
+    epochs = cfg.epochs
+    if cfg.time_limit and plan.get("calibrated"):  # a time-budget run ends where its plan ends
+        epochs = -(-plan["total_steps"] // plan["steps_per_epoch"])
+    if state.get("step", 0) == 0 and state.get("epoch", 0) >= epochs:
         return state
     return None
 
