@@ -77,10 +77,15 @@ def onnx_top1(paths: Sequence[str | os.PathLike], batches, threads: Optional[int
     """([top-1 accuracy in % of each ONNX classifier], images), in one pass over the batches."""
     from ghostnetv3.deploy.export import onnx_session
     sessions = [onnx_session(p, threads) for p in paths]
-    correct, total = [0] * len(sessions), 0
+    return top1_of([lambda x, sess=sess: _run_batched(sess, x) for sess in sessions], batches)
+
+
+def top1_of(predictors: Sequence[Callable[[np.ndarray], np.ndarray]], batches) -> tuple[list[float], int]:
+    """([top-1 % of each predictor (images -> logits)], images), in one pass over the batches."""
+    correct, total = [0] * len(predictors), 0
     for x, y in batches:
-        for i, sess in enumerate(sessions):
-            logits = _run_batched(sess, x)
+        for i, predict in enumerate(predictors):
+            logits = predict(x)
             if int(y.max()) >= logits.shape[1]:
                 raise ValueError(f"the eval data has labels up to {int(y.max())} but the model has "
                                  f"{logits.shape[1]} outputs: is --eval-data the data it was trained on?")

@@ -16,7 +16,7 @@ import torch
 
 from ghostnetv3.deploy.edge import (EDGE_FORMATS, OBSERVERS, edge_runner, export_edge, export_edge_int8,
                                     file_size, output_files)
-from ghostnetv3.deploy.quantize import commit, eval_batches, staging
+from ghostnetv3.deploy.quantize import commit, eval_batches, staging, top1_of
 
 __all__ = ["quantize_edge", "runner_top1"]
 
@@ -25,16 +25,7 @@ def runner_top1(runners: Sequence[Callable[[np.ndarray], np.ndarray]], batches, 
                 ) -> tuple[list[float], int]:
     """([top-1 % of each runner], images) in one pass; runners take exactly `fixed_batch` images
     (a ragged last chunk is zero-padded and its padding ignored)."""
-    correct, total = [0] * len(runners), 0
-    for x, y in batches:
-        for i, run in enumerate(runners):
-            logits = _run_fixed(run, x, fixed_batch)
-            if int(y.max()) >= logits.shape[1]:
-                raise ValueError(f"the eval data has labels up to {int(y.max())} but the model has "
-                                 f"{logits.shape[1]} outputs: is --eval-data the data it was trained on?")
-            correct[i] += int((logits.argmax(1) == y).sum())
-        total += len(y)
-    return [100.0 * c / max(total, 1) for c in correct], total
+    return top1_of([lambda x, run=run: _run_fixed(run, x, fixed_batch) for run in runners], batches)
 
 
 def _run_fixed(run, x: np.ndarray, size: int) -> np.ndarray:
