@@ -6,6 +6,7 @@ attention, a 5x5 block with DFC and SE): every op of the full model, at a fracti
 converters' time. The CLI quantize test uses timm's tiny `test_efficientnet` as a run directory.
 """
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -145,3 +146,29 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
     rc = main(["bench", "ghostnetv3_050", "--backends", "executorch", "--input-size", "1", str(IMG), str(IMG)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "pip install ghostnetv3[edge]" in err[0]
+
+
+_OV_SIGNALS = """
+import signal, subprocess, sys, gc
+import numpy as np, timm
+from ghostnetv3.deploy.edge import edge_runner, export_edge
+m = timm.create_model("test_efficientnet", num_classes=3, in_chans=1).eval()
+p = export_edge(m, sys.argv[1], "openvino", (1, 32, 32))
+x = np.zeros((1, 1, 32, 32), np.float32)
+a = edge_runner(p, "openvino", 1); a(x)
+b = edge_runner(p, "openvino", 1); b(x)
+del a; gc.collect(); del b; gc.collect()  # released in another order than made
+signal.signal(signal.SIGCHLD, lambda *_: None)  # as torch's DataLoader does; Python handlers use the alt stack
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+child.kill(); child.wait()
+print("survived", flush=True)
+"""
+
+
+def test_openvino_models_released_out_of_order_leave_signals_working(tmp_path):
+    # OpenVINO's CPU plugin leaves the thread that ran two models, released out of order, on a freed
+    # alternate signal stack: the next handled signal was a segfault (it killed `make test` at the
+    # next child process exit). Run in a child, so a regression fails this test, not the suite.
+    r = subprocess.run([sys.executable, "-c", _OV_SIGNALS, str(tmp_path / "m.xml")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "survived" in r.stdout, (r.returncode, r.stderr[-2000:])

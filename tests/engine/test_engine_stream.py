@@ -38,7 +38,8 @@ def write_folder(root, n_train=12, n_val=4, size=20, gray=False):
 def cfg_for(tmp_path, data, **kw):
     base = dict(model="test_efficientnet", data=str(data), data_mode="stream", img_size=16, crop_mode="rrc",
                 scale=(0.5, 1.0), batch_size=8, epochs=2, lr=0.05, warmup_epochs=0, model_ema_decay=0.9,
-                log_interval=1, seed=3, in_chans=3, output=str(tmp_path / "runs"), experiment="run")
+                log_interval=1, seed=3, in_chans=3, channels_last=False,  # pinned: see engine_helpers.TINY
+                output=str(tmp_path / "runs"), experiment="run")
     return TrainConfig(**{**base, **kw})
 
 

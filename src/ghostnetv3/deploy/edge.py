@@ -18,11 +18,15 @@ one-line message naming `pip install ghostnetv3[edge]`.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib
 import json
 import os
+import signal
+import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -34,7 +38,7 @@ from ghostnetv3.errors import UserError
 
 __all__ = ["EDGE_FORMATS", "INT8_FORMATS", "OBSERVERS", "MissingExtraError", "require",
            "export_edge", "export_edge_int8", "edge_runner", "write_sidecar", "read_sidecar",
-           "set_executorch_threads"]
+           "set_executorch_threads", "on_openvino_thread"]
 
 # format -> file suffix
 EDGE_FORMATS = {"executorch": ".pte", "tflite": ".tflite", "openvino": ".xml"}
@@ -66,6 +70,31 @@ def _check_format(fmt: str) -> str:
     if fmt not in EDGE_FORMATS:
         raise ValueError(f"unknown on-device format '{fmt}': use one of {', '.join(EDGE_FORMATS)}")
     return fmt
+
+
+# ---------------------------------------------------------------- OpenVINO's own thread
+
+# OpenVINO's CPU plugin (2026.4) gives the thread that compiles or runs a model an alternate signal
+# stack of its own and puts the previous one back when the model is destroyed; models destroyed in
+# another order than they were made leave the thread on a freed stack, and the next signal handled
+# there (SIGCHLD when a child exits, SIGINT, SIGTERM) kills the process with a segmentation fault.
+# So every OpenVINO compile, inference and release runs on one thread that blocks all signals.
+_OV_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+
+def _block_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+
+
+def on_openvino_thread(fn: Callable, *args, **kwargs):
+    """Run fn(*args, **kwargs) on OpenVINO's thread and return its result (or raise its error)."""
+    global _OV_POOL
+    if threading.current_thread().name.startswith("openvino"):  # already there (e.g. a release during GC)
+        return fn(*args, **kwargs)
+    if _OV_POOL is None:
+        _OV_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="openvino",
+                                                         initializer=_block_signals)
+    return _OV_POOL.submit(fn, *args, **kwargs).result()
 
 
 # ---------------------------------------------------------------- metadata sidecar
@@ -142,8 +171,8 @@ def _nncf_quantize(ov_model, calib: Iterable[np.ndarray], batch: int):
     items = [np.ascontiguousarray(x[i:i + batch]) for x in calib for i in range(0, len(x) - batch + 1, batch)]
     if not items:
         raise ValueError("no calibration images were read; check --calib-data and --calib-size")
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
-        q = nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items))
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # calibration runs the CPU plugin
+        q = on_openvino_thread(nncf.quantize, ov_model, nncf.Dataset(items), subset_size=len(items))
     return q, len(items) * batch
 
 
@@ -302,12 +331,27 @@ def edge_runner(path: str | os.PathLike, fmt: str, threads: Optional[int] = None
             return ((y.astype(np.float32) - out_zero) * out_scale) if out["dtype"] != np.float32 else y.copy()
         return run_tflite
     ov = require("openvino", "Running OpenVINO IR")
-    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+    # f32 as exported: on CPUs with native bf16 (AVX512-BF16/AMX) the CPU plugin would otherwise run
+    # in bf16 and differ from PyTorch by ~1e-4 on logits of ~1e-2 (what we verify is what we time)
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
-    request = compiled.create_infer_request()
-    return lambda x: request.infer([np.ascontiguousarray(x, dtype=np.float32)])[0].copy()
+
+    def compile_model() -> dict:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        return {"model": compiled, "request": compiled.create_infer_request()}
+
+    box = on_openvino_thread(compile_model)
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        return box["request"].infer([x])[0].copy()
+
+    def run_openvino(x: np.ndarray) -> np.ndarray:
+        return on_openvino_thread(infer, np.ascontiguousarray(x, dtype=np.float32))
+
+    # released on OpenVINO's thread too (see on_openvino_thread); at exit the process just ends
+    weakref.finalize(run_openvino, on_openvino_thread, box.clear).atexit = False
+    return run_openvino
 
 
 def file_size(path: str | os.PathLike, fmt: str) -> int:

@@ -242,14 +242,17 @@ def make_run_dir(cfg: TrainConfig) -> Path:
         data_name = Path(cfg.data.rstrip("/")).name or cfg.data
         run_dir = Path(cfg.output) / f"{cfg.model.replace('/', '_')}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     created = not run_dir.exists()
+    held_before = rundir.held_dirs()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.lock_run_dir(run_dir, created=created)
+        lock = rundir.lock_run_dir(run_dir, created=created)
     except OSError as e:  # read-only or full disk, a file where the directory should be
         raise SaveError(f"cannot write the run directory {run_dir} ({e.strerror or e}); pick a writable "
                         f"--output") from e
     # checked under the lock: a twin started at the same moment cannot pass it too
     if cfg.experiment and (run_dir / ckpt_io.LAST).exists():
+        if lock.key not in held_before:  # refused: the lock taken here is not kept
+            lock.release()
         raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                          f"or pick another --experiment")
     stale = ckpt_io.clean_unfinished_run(run_dir)
@@ -707,8 +710,8 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                     if cfg.checkpoint_interval and global_step % cfg.checkpoint_interval == 0 \
                             and step + 1 < steps_per_epoch:
                         save(ckpt_io.LAST, epoch, step + 1)
-                    if global_step >= plan.total_steps:  # the schedule ends inside this epoch
-                        break
+                    if global_step >= plan.total_steps and step + 1 < steps_per_epoch:
+                        break  # the schedule ends inside this epoch (at its end the loader finishes its pass)
                 bar.close()
                 epoch_time = time.perf_counter() - t_epoch
                 train_time += epoch_time
