@@ -35,7 +35,10 @@ def test_fast_paths_and_layouts_equal_the_reference_math():
     for m, xi in ((fast, x), (cl, x.contiguous(memory_format=torch.channels_last))):
         o, gx, g = _run(m, xi)
         torch.testing.assert_close(o, o_ref, rtol=1e-9, atol=1e-10)
-        torch.testing.assert_close(gx, gx_ref, rtol=1e-8, atol=1e-10)
+        # the input gradient runs back through every BN of the net: the fast paths' statistics
+        # (covariance forms) differ from the reference in the last ~1e-10 in float64, as the
+        # parameter gradients do (a wrong formula is off by O(1))
+        torch.testing.assert_close(gx, gx_ref, rtol=1e-7, atol=1e-9)
         for n in g_ref:
             torch.testing.assert_close(g[n], g_ref[n], rtol=1e-7, atol=1e-9, msg=n)
     for (n, b), (_, c) in zip(cl.named_buffers(), ref.named_buffers()):
