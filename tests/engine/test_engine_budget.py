@@ -4,7 +4,7 @@ import json
 import torch
 
 from ghostnetv3.engine.budget import (PLAN_FILE, RunPlan, TimeBudget, auto_ema_decay, choose_channels_last,
-                                      make_plan)
+                                      make_plan, prefer_channels_last)
 from ghostnetv3.engine.config import TrainConfig, load_config
 from ghostnetv3.engine.train import _make_run_plan, train
 
@@ -50,6 +50,13 @@ def test_channels_last_probe_leaves_model_and_rng_alone():
     assert isinstance(choice, bool) and set(times) == {"nchw", "channels_last"}
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_channels_last_only_when_clearly_faster():
+    assert prefer_channels_last({"nchw": 1.0, "channels_last": 0.8})
+    assert not prefer_channels_last({"nchw": 1.0, "channels_last": 0.95})  # within the noise: NCHW
+    assert not prefer_channels_last({"nchw": 1.0, "channels_last": 1.2})
+    assert prefer_channels_last({"nchw": 1.0, "channels_last": 0.95}, margin=0.0)
 
 
 def test_time_limited_run_ends_its_schedule_at_the_plan(tmp_path):
