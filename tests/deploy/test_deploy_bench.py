@@ -37,6 +37,23 @@ def test_bench_every_backend_writes_report(tmp_path, capsys):
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_int8_conversion_the_converter_refuses_is_reported_not_fatal(tmp_path, capsys, monkeypatch):
+    import ghostnetv3.deploy.edge as edge
+
+    def refuse(*a, **kw):  # as LiteRT's converter refused GhostNetV3-1.0 at 224 px
+        raise ValueError("Failed to run converter passes: 'tfl.pad' op quantization parameters violate ...")
+
+    monkeypatch.setattr(edge, "export_edge_int8", refuse)
+    rc = main(["bench", "test_efficientnet", "--input-size", "1", "32", "32", "--batch-sizes", "1",
+               "--backends", "torch,openvino", "--threads", "1", "--repeats", "2", "--warmup", "1", "--rounds", "1",
+               "--report", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / "bench.json").read_text())
+    assert {x["backend"] for x in r["latency"]} == {"torch_eager_fp32", "openvino_fp32"}
+    assert list(r["failed"]) == ["openvino_int8@1"] and "tfl.pad" in r["failed"]["openvino_int8@1"]
+    assert "failed openvino_int8@1 (converter refused, not timed)" in (tmp_path / "latency.md").read_text()
+
+
 def test_time_blocks_runs_each_function_alone_in_rounds():
     calls = []
     times = time_blocks({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},

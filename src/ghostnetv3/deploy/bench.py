@@ -155,10 +155,13 @@ class _Calibration:
 
 def make_runners(fused: nn.Module, input_size: Sequence[int], batch: int, groups: Sequence[str],
                  threads: int, int8: bool, calib: Callable[[], Any], workdir: Path,
-                 cache: dict, log: Callable[[str], None] = print) -> tuple[dict[str, Callable], dict[str, float]]:
+                 cache: dict, log: Callable[[str], None] = print,
+                 failed: Optional[dict[str, str]] = None) -> tuple[dict[str, Callable], dict[str, float]]:
     """({row name: runner taking a float32 NCHW batch}, {row name: max |fp32 file - PyTorch|}).
     On-device files are exported at this batch size (their shapes are fixed); ONNX once, with a
-    dynamic batch (kept in `cache`)."""
+    dynamic batch (kept in `cache`). An on-device INT8 conversion that its converter refuses is
+    left out and recorded in `failed` ({row@batch: the converter's first line}): one converter's
+    limit should not cost the whole table."""
     from ghostnetv3.deploy.edge import edge_runner, export_edge, export_edge_int8
     from ghostnetv3.deploy.export import export_onnx, onnx_session
     from ghostnetv3.deploy.quantize import quantize_onnx
@@ -184,9 +187,16 @@ def make_runners(fused: nn.Module, input_size: Sequence[int], batch: int, groups
         path = export_edge(fused, workdir / f"{fmt}_b{batch}_fp32{_suffix(fmt)}", fmt, input_size, batch)
         runners[row32] = edge_runner(path, fmt, threads)
         if int8:
-            path8, _, _ = export_edge_int8(fused, workdir / f"{fmt}_b{batch}_int8{_suffix(fmt)}", fmt,
-                                           input_size, calib(), batch)
-            runners[row8] = edge_runner(path8, fmt, threads)
+            try:
+                path8, _, _ = export_edge_int8(fused, workdir / f"{fmt}_b{batch}_int8{_suffix(fmt)}", fmt,
+                                               input_size, calib(), batch)
+            except (ValueError, RuntimeError) as e:  # the converters' own refusals
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                log(f"{row8} at batch {batch}: the converter failed, row left out: {why}")
+                if failed is not None:
+                    failed[f"{row8}@{batch}"] = why
+            else:
+                runners[row8] = edge_runner(path8, fmt, threads)
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(batch))
     ref = _no_grad(fused, x).numpy()
     for row, run in runners.items():
@@ -244,7 +254,7 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
                   f"calls), {rounds} passes over all backends; onnxruntime with allow_spinning=0",
         "params": {"train_form": p_train, "fused": p_fused},
         "macs": {"train_form": m_train, "fused": m_fused},
-        "backends": groups, "skipped": skipped, "max_diff_vs_torch": {}, "latency": []}
+        "backends": groups, "skipped": skipped, "failed": {}, "max_diff_vs_torch": {}, "latency": []}
     if calib is not None:
         result["int8_calibration"] = calib.name
         result["int8_calib_images"] = sum(len(b) for b in calib.batches)
@@ -254,7 +264,8 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
         for b in batch_sizes:
             x = torch.randn(b, *input_size, generator=torch.Generator().manual_seed(b))
             xn = x.numpy()
-            runners, diffs = make_runners(fused, input_size, b, groups, threads, int8, calib, Path(tmp), cache, log)
+            runners, diffs = make_runners(fused, input_size, b, groups, threads, int8, calib, Path(tmp), cache, log,
+                                          result["failed"])
             result["max_diff_vs_torch"].update({f"{k}@{b}": v for k, v in diffs.items()})
             fns: dict[str, Callable[[], Any]] = {}
             if train_form:
@@ -296,6 +307,7 @@ def format_table(r: dict[str, Any]) -> str:
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(row)) for row in rows]
     lines += [f"skipped {g}: {why}" for g, why in r.get("skipped", {}).items()]
+    lines += [f"failed {row}: {why}" for row, why in r.get("failed", {}).items()]
     return "\n".join(lines)
 
 
@@ -320,6 +332,7 @@ def format_markdown(r: dict[str, Any]) -> str:
         head.append(f"| {x['backend']} | {x['batch_size']} | {x['median_ms']:.2f} | {x['p90_ms']:.2f} | "
                     f"{x['images_per_s']:.1f} | {vs} |")
     head += [f"\nskipped {g}: {why}" for g, why in r.get("skipped", {}).items()]
+    head += [f"\nfailed {row} (converter refused, not timed): {why}" for row, why in r.get("failed", {}).items()]
     return "\n".join(head) + "\n"
 
 
