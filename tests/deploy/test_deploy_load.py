@@ -6,8 +6,10 @@ from ghostnetv3.deploy.load import load_for_deploy
 from deploy_helpers import MODEL, IMG
 
 
-def test_run_dir_prefers_ema_and_reads_config(run_dir):
+def test_run_dir_prefers_ema_and_reads_config(run_dir, capsys):
     model, cfg = load_for_deploy(run_dir)
+    # num_classes None in config.yaml and in the saved config ('from the dataset') is no edit
+    assert "differs from the config inside" not in capsys.readouterr().err
     ema = torch.load(run_dir / "best.pt", weights_only=True)["state_dict_ema"]
     assert not model.training
     assert torch.equal(model.classifier.bias, ema["classifier.bias"])

@@ -215,7 +215,7 @@ def export_model(model: nn.Module, output: str | os.PathLike, fmt: str = "onnx",
             f"(> {tolerance:g}); the export is checked against the fused model")
     final = Path(output)
     if fmt in EDGE_FORMATS and final.suffix != EDGE_FORMATS[fmt]:
-        raise ValueError(f"--output {final}: a {fmt} file ends in {EDGE_FORMATS[fmt]}")
+        raise ValueError(f"--output {final}: {fmt} files end in {EDGE_FORMATS[fmt]}")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
     try:

@@ -60,16 +60,18 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> tuple[dict
     return sd, "plain"
 
 
-def _stored_config(path: Path) -> dict[str, Any]:
-    """The training config saved inside a checkpoint, with the class and channel counts the run
-    resolved at start (config.yaml may leave them None: 'from the dataset')."""
+def _stored_configs(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the training config as saved inside a checkpoint, the same with the class and channel counts
+    the run resolved at start): the saved config, like config.yaml, may leave those None ('from the
+    dataset')."""
     try:
         ckpt = _torch_load(path)
     except Exception:  # a config is a nicety; a broken file is reported when the weights load
-        return {}
+        return {}, {}
     if not isinstance(ckpt, dict):
-        return {}
-    cfg = dict(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else {}
+        return {}, {}
+    saved = dict(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else {}
+    cfg = dict(saved)
     for key in ("num_classes", "in_chans"):
         if cfg.get(key) is None and isinstance(ckpt.get(key), int):
             cfg[key] = ckpt[key]
@@ -79,7 +81,7 @@ def _stored_config(path: Path) -> dict[str, Any]:
         cfg["best_source"] = ckpt["best_source"]
     if isinstance(ckpt.get("classes"), list):  # class names, for predict and the exported file
         cfg["classes"] = [str(c) for c in ckpt["classes"]]
-    return cfg
+    return saved, cfg
 
 
 def _infer_from_weights(sd: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -168,10 +170,11 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         ckpt_path = resolve_run_checkpoint(path, checkpoint)[0]
         if checkpoint is None:  # a broken best.pt next to an intact last.pt: export last.pt, and say so
             ckpt_path = safeload.first_intact([path / "best.pt", path / "last.pt"])[0]
-        stored = _stored_config(ckpt_path)
+        saved, stored = _stored_configs(ckpt_path)
         # the checkpoint's config is the truth (as for eval and --resume); config.yaml fills only what an
-        # old checkpoint lacks, and an edit there is reported, not used
-        ckpt_io.report_config_edits(path, stored, ckpt_path, "pass --img-size/--num-classes to change them")
+        # old checkpoint lacks, and an edit there is reported, not used. Compared as saved: None in
+        # both means 'from the dataset', not an edit
+        ckpt_io.report_config_edits(path, saved, ckpt_path, "pass --img-size/--num-classes to change them")
         cfg = {**{k: v for k, v in (read_yaml(cfg_file) or {}).items() if k not in stored}, **stored}
         cfg["from_run"] = True
     elif path.is_file():
@@ -180,7 +183,7 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
             raise ValueError(f"{path} is already an ONNX model; this command needs a run directory, "
                              f"a PyTorch checkpoint or a model name")
         ckpt_path = path
-        cfg = _stored_config(path)
+        cfg = _stored_configs(path)[1]
         if not cfg.get("model") and (path.parent / "config.yaml").is_file():
             cfg.update(read_yaml(path.parent / "config.yaml") or {})
         cfg["from_run"] = bool(cfg.get("model")) and not model

@@ -74,7 +74,7 @@ def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 
     fp32_path = out_dir / f"model_fp32{suffix}"
     int8_path = Path(output) if output else out_dir / f"model_int8{suffix}"
     if int8_path.suffix != suffix:
-        raise ValueError(f"--output {int8_path}: a {fmt} file ends in {suffix}")
+        raise ValueError(f"--output {int8_path}: {fmt} files end in {suffix}")
     # The data is read (and a wrong name reported) before anything is exported or written.
     calib, n_calib = eval_batches(calib_data, calib_split, cfg, calib_size, 64, seed)
     eval_name = eval_data or calib_data
