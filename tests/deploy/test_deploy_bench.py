@@ -1,5 +1,6 @@
 import json
 
+import ghostnetv3.deploy.edge as edge
 from ghostnetv3.cli import main
 from ghostnetv3.deploy.bench import BACKEND_GROUPS, BACKENDS, time_blocks
 
@@ -38,8 +39,6 @@ def test_bench_every_backend_writes_report(tmp_path, capsys):
 
 
 def test_an_int8_conversion_the_converter_refuses_is_reported_not_fatal(tmp_path, capsys, monkeypatch):
-    import ghostnetv3.deploy.edge as edge
-
     def refuse(*a, **kw):  # as LiteRT's converter refused GhostNetV3-1.0 at 224 px
         raise ValueError("Failed to run converter passes: 'tfl.pad' op quantization parameters violate ...")
 
