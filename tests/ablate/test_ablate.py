@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -149,6 +150,29 @@ def test_tiny_grid_runs_reports_skips_and_refuses_stale(tmp_path, capsys):
     assert main(["ablate", "-c", str(plan_path)]) == 0
     assert "training" not in capsys.readouterr().out
     assert result.stat().st_mtime_ns == before
+
+    # a fresh clone: the run directories are gone, the committed report is there -> nothing trains,
+    # and the restored results carry the report's numbers
+    shutil.rmtree(tmp_path / "runs")
+    assert main(["ablate", "-c", str(plan_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 finished run(s) restored" in out and out.split()[-4:] == ["done", "plain-s0", "done", "rep2-s0"]
+    restored = json.loads(result.read_text())
+    assert restored["top1"] == arms["plain"]["runs"][0]["top1"] and "restored_from" in restored
+    assert main(["ablate", "-c", str(plan_path)]) == 0
+    assert "training" not in capsys.readouterr().out
+    again = json.loads((res_dir / "ablation_tiny.json").read_text())
+    assert [a["runs"][0]["top1"] for a in again["arms"]] == [arms[n]["runs"][0]["top1"] for n in ("plain", "rep2")]
+    # a recorded run whose config has changed since is not restored: it trains again
+    shutil.rmtree(tmp_path / "runs")
+    write_plan(tmp_path, common=dict(TINY, lr=0.5))
+    assert main(["ablate", "-c", str(plan_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "plain-s0: the report's result is for another config; running it again" in out
+    assert out.split()[-4:] == ["todo", "plain-s0", "todo", "rep2-s0"]
+    write_plan(tmp_path)
+    assert main(["ablate", "-c", str(plan_path), "--dry-run"]) == 0  # restores both again
+    assert capsys.readouterr().out.split()[-4:] == ["done", "plain-s0", "done", "rep2-s0"]
 
     # a changed budget makes the finished runs stale: refused, with the directory to delete
     write_plan(tmp_path, common=dict(TINY, lr=0.5))

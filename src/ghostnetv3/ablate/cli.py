@@ -47,13 +47,15 @@ def _budget(args: argparse.Namespace) -> dict:
 def _cmd(args: argparse.Namespace) -> int:
     from .plan import load_plan, run_name, with_budget, with_references
     from .report import write_report
-    from .runner import RESULT, Runner
+    from .runner import Runner
 
     plan = load_plan(args.plan, seeds=args.seeds, output=args.output, results_dir=args.results_dir)
     base_name = plan.name
     plan = with_budget(plan, _budget(args))
     if plan.name != base_name:
         print(f"budget overrides: runs in {plan.run_root}, report ablation_{plan.name}.*", flush=True)
+    runner = Runner(plan, jobs=args.jobs, threads=args.threads, log=lambda m: print(m, flush=True))
+    runner.restore_recorded()
     arms = None
     if args.arms:
         arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -68,15 +70,13 @@ def _cmd(args: argparse.Namespace) -> int:
             arms = needed
         elif extra:
             missing = [a for a in extra
-                       if not all((plan.run_root / run_name(a, s) / RESULT).exists() for s in range(plan.seeds))]
+                       if not all(runner.done(plan.arm(a), s) for s in range(plan.seeds))]
             if missing:
                 print(f"--no-refs: reference arm(s) without finished runs: {', '.join(missing)}; the claims "
                       f"comparing to them stay inconclusive", flush=True)
-    runner = Runner(plan, jobs=args.jobs, threads=args.threads, log=lambda m: print(m, flush=True))
     if args.dry_run:
         for arm, seed in runner.todo(arms):
-            done = (plan.run_root / run_name(arm.name, seed) / RESULT).exists()
-            print(f"{'done' if done else 'todo'}  {run_name(arm.name, seed)}")
+            print(f"{'done' if runner.done(arm, seed) else 'todo'}  {run_name(arm.name, seed)}")
         return 0
     report = lambda: write_report(plan, runner.results())  # noqa: E731
     failures = []

@@ -2,7 +2,9 @@
 
 Resumable: a finished run leaves `ablation_result.json` in its run directory and is skipped next
 time; a run stopped midway continues with `--resume` (exactly, as the engine resumes); a run that
-died before its first checkpoint starts again. The report is rewritten after every finished run.
+died before its first checkpoint starts again. The report is rewritten after every finished run, and
+it holds every run's result with its config hash: on a fresh clone (run directories gone, the
+committed report there) the runs it records under the same config count as finished.
 """
 from __future__ import annotations
 
@@ -135,6 +137,48 @@ class Runner:
                              f"output in the plan")
         return res
 
+    # ----------------------------------------------------------------------------- the committed report
+    @property
+    def report_path(self) -> Path:
+        return Path(self.plan.results_dir) / f"ablation_{self.plan.name}.json"
+
+    def recorded(self) -> dict[str, dict]:
+        """The runs the report in results_dir records, by run name (empty without a report)."""
+        if not self.report_path.exists():
+            return {}
+        try:
+            summary = json.loads(self.report_path.read_text())
+            return {run_name(r["arm"], r["seed"]): r for a in summary["arms"] for r in a["runs"]}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{self.report_path} is not an ablation report ({e}); restore it from git "
+                             f"or delete it (its runs are then trained again)") from None
+
+    def restore_recorded(self) -> int:
+        """Write back the result of every run the report records under the config this plan now
+        gives, where its run directory has none (a fresh clone). Returns how many were restored;
+        a recorded run whose config changed since is left out (it runs again)."""
+        recorded = self.recorded()
+        restored = 0
+        for arm in self.plan.arms:
+            for seed in range(self.plan.seeds):
+                name = run_name(arm.name, seed)
+                rec = recorded.get(name)
+                result_path = self.root / name / RESULT
+                if rec is None or result_path.exists():
+                    continue
+                if rec.get("config_hash") != config_hash(self.arm_config(arm, seed)):
+                    self.log(f"[ablate] {name}: the report's result is for another config; running it again")
+                    continue
+                result_path.parent.mkdir(parents=True, exist_ok=True)
+                _write_json(result_path, dict(rec, restored_from=str(self.report_path)))
+                restored += 1
+        if restored:
+            self.log(f"[ablate] {restored} finished run(s) restored from {self.report_path}")
+        return restored
+
+    def done(self, arm: Arm, seed: int) -> bool:
+        return (self.root / run_name(arm.name, seed) / RESULT).exists()
+
     # ----------------------------------------------------------------------------- teacher
     @property
     def teacher_dir(self) -> Path:
@@ -233,8 +277,10 @@ class Runner:
 
     def run(self, arms: Optional[list[str]] = None) -> list[str]:
         """Run what is not finished; returns the failures (one line each) — the others still run."""
+        self.restore_recorded()
         todo = self.todo(arms)
-        if self.plan.teacher is not None and any(a.kd for a, _ in todo):
+        # the teacher only for KD runs still to train (a fresh clone with them all recorded needs none)
+        if self.plan.teacher is not None and any(a.kd and not self.done(a, s) for a, s in todo):
             self.ensure_teacher()
         failures: list[str] = []
 
@@ -267,4 +313,6 @@ class Runner:
         teacher = None
         if (self.teacher_dir / RESULT).exists():
             teacher = json.loads((self.teacher_dir / RESULT).read_text())
+        elif self.report_path.exists():  # a fresh clone: the teacher the committed report names
+            teacher = json.loads(self.report_path.read_text()).get("teacher")
         return {"arms": by_arm, "teacher": teacher}
