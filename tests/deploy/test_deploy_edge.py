@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from ghostnetv3.cli import main
@@ -67,8 +68,7 @@ def test_mismatch_writes_nothing(tmp_path, monkeypatch):
 
 
 # On timm's tiny test_efficientnet: lowering a quantized GhostNetV3 graph to XNNPACK takes
-# minutes on 2 busy cores, and LiteRT's converter rejects GhostNetV3's INT8 graph at 32 px (the
-# asymmetric F.pad of rep/crop.py breaks tfl.pad's same-scale rule; see docs/benchmarks.md).
+# minutes on 2 busy cores (GhostNetV3's LiteRT INT8: test_tflite_int8_pool_beside_padded_conv).
 @pytest.mark.parametrize("fmt", ["tflite"])
 def test_int8_on_fashion_mnist(tmp_path, fmt):
     import timm
@@ -94,6 +94,41 @@ def test_int8_on_fashion_mnist(tmp_path, fmt):
     (top32, top8), count = runner_top1([run32, run8], eval_batches("fashion-mnist", "val", cfg, limit=12,
                                                                    batch_size=5)[0], 1)
     assert count == 12 and 0 <= top8 <= 100 and 0 <= top32 <= 100
+
+
+class PoolBesidePaddedConv(torch.nn.Module):
+    """One tensor read by an average pool and by a conv whose padding TFLite lowers as pad + VALID
+    conv (stride 2 on an even map): GhostNetV3's DFC pool and the stride-2 shortcut of its block."""
+
+    def __init__(self):
+        super().__init__()
+        self.pw = torch.nn.Conv2d(4, 4, 1)
+        self.dw = torch.nn.Conv2d(4, 4, 3, 2, 1, groups=4)
+
+    def forward(self, x):
+        return self.pw(F.avg_pool2d(x, 2, 2)) + self.dw(x)
+
+
+@pytest.mark.parametrize("which", ["pattern", "ghostnet"])
+def test_tflite_int8_pool_beside_padded_conv(tmp_path, which):
+    # LiteRT's quantizer left avg_pool2d unannotated: the pool read the float tensor, its output got
+    # its own scale, TFLite's int8 pool forced that scale onto the tensor as well, and the converter
+    # refused the pad ("'tfl.pad' op quantization parameters violate the same scale constraint").
+    # The pool now shares its input's qparams: the file converts and computes the quantized graph.
+    torch.manual_seed(0)
+    if which == "pattern":
+        model, size = PoolBesidePaddedConv().eval(), (4, 8, 8)
+    else:
+        model, size = to_deploy_form(small_ghostnet(1), log=lambda m: None)[0], (1, IMG, IMG)
+    path, _, reference = export_edge_int8(model, tmp_path / "q.tflite", "tflite", size,
+                                          [torch.randn(16, *size).numpy()])
+    pools = [n for n in reference.graph.nodes if n.target == torch.ops.aten.avg_pool2d.default]
+    assert pools and all("dequantize" in str(n.args[0].target) for n in pools)  # int8 in, not float
+    x = torch.randn(1, *size)
+    with torch.no_grad():
+        ref_q = reference(x).numpy()
+    out = edge_runner(path, "tflite", 1)(x.numpy())
+    assert np.abs(out - ref_q).max() < 0.1 * np.abs(ref_q).max() + 1e-3  # int8 rounding only
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ INT8, each loaded back in its own runtime.
   -> `.pte`, run with `executorch.runtime`. INT8: XNNPACK's PT2E quantizer (symmetric int8,
   per-channel weights), calibrated on real images, then lowered the same way.
 - LiteRT: `litert_torch.convert` -> `.tflite`, run with `ai_edge_litert`'s interpreter (its
-  default XNNPACK delegate). INT8: LiteRT's PT2E quantizer, static, per-channel weights.
+  default XNNPACK delegate). INT8: LiteRT's PT2E quantizer, static, per-channel weights, with
+  average pools annotated to keep their input's scale (see `_share_pool_qparams`).
 - OpenVINO: `openvino.convert_model` -> `.xml` + `.bin`, run on the CPU plugin. INT8: NNCF
   post-training quantization.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -123,6 +125,58 @@ def output_files(path: str | os.PathLike, fmt: str) -> list[Path]:
 
 # ---------------------------------------------------------------- quantization (PT2E)
 
+# LiteRT's PT2E quantizer (litert-torch 0.10) leaves aten.avg_pool2d unannotated: the pool reads the
+# float tensor itself while its other users read it through its quantize/dequantize pair, and the
+# pool's output gets an observer of its own (the next conv's input). TFLite's int8 AVERAGE_POOL_2D
+# needs one scale on input and output, so the converter gives the pool's input the pool output's
+# scale as well: the tensor then has two scales, and a tfl.pad reading it (a conv whose PyTorch
+# padding is not TFLite's SAME, e.g. stride 2 on an even map, is lowered as pad + VALID conv; pad
+# must keep its input's scale) is refused with "'tfl.pad' op quantization parameters violate the
+# same scale constraint". In GhostNetV3 that is every stride-2 block with DFC attention: the DFC
+# pools the block input that the shortcut's padded stride-2 depthwise conv also reads.
+_SHARED_SCALE_POOLS = (torch.ops.aten.avg_pool2d.default,)
+
+
+def _share_pool_qparams(gm: torch.fx.GraphModule, act_qspec) -> int:
+    """Annotate each unannotated average pool of `gm` as LiteRT annotates adaptive_avg_pool2d:
+    its input quantized like the tensor's other users (shared with its producer's output where
+    that is annotated), its output sharing the input's qparams. Returns how many were annotated."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _SHARED_SCALE_POOLS:
+            continue
+        own = node.meta.get("quantization_annotation")
+        if own is not None and own._annotated:
+            continue
+        x = node.args[0]
+        produced = x.meta.get("quantization_annotation")
+        in_qspec = (SharedQuantizationSpec(x) if produced is not None and produced.output_qspec is not None
+                    else act_qspec)
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={x: in_qspec}, output_qspec=SharedQuantizationSpec((x, node)), _annotated=True)
+        count += 1
+    return count
+
+
+@functools.lru_cache(maxsize=None)
+def _litert_quantizer_class() -> type:
+    mod = require("litert_torch.quantize.pt2e_quantizer", "LiteRT INT8")
+    from litert_torch.quantize.pt2e_quantizer_utils import propagate_annotation
+
+    class LiteRTQuantizer(mod.PT2EQuantizer):
+        """LiteRT's PT2E quantizer; static configs also annotate average pools (see above)."""
+
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            act = self.global_config.input_activation if self.global_config is not None else None
+            if act is not None and _share_pool_qparams(model, act):
+                propagate_annotation(model)  # views and means after a pool now share its qparams too
+            return model
+
+    return LiteRTQuantizer
+
+
 def _pt2e_quantizer(fmt: str, per_channel: bool, observer: str):
     """XNNPACK's quantizer for ExecuTorch, LiteRT's for .tflite; `observer` swaps the activation
     observer (both default to a histogram observer)."""
@@ -135,7 +189,7 @@ def _pt2e_quantizer(fmt: str, per_channel: bool, observer: str):
         quantizer, config = mod.XNNPACKQuantizer(), mod.get_symmetric_quantization_config(is_per_channel=per_channel)
     else:
         mod = require("litert_torch.quantize.pt2e_quantizer", "LiteRT INT8")
-        quantizer = mod.PT2EQuantizer()
+        quantizer = _litert_quantizer_class()()
         config = mod.get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False)
     ctr = (HistogramObserver if observer == "histogram" else MinMaxObserver).with_args(eps=2 ** -12)
     act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
