@@ -300,10 +300,15 @@ class RepConv2d(nn.Module):
         return torch.cat(kernels)
 
     def _forward_depthwise_small_map(self, x: torch.Tensor, mom: float) -> torch.Tensor:
-        """Depthwise sites on maps of ≤ SMALL_MAP_PIXELS pixels: every branch (conv, scale, identity)
-        as one batched matrix product on the taps that touch the input, then each branch's own
-        batch-statistics BN and the sum.  Same math as `forward_reference`, a few ops instead of
-        2·n slow conv kernels."""
+        """Depthwise sites on maps of ≤ SMALL_MAP_PIXELS pixels, every branch (conv, scale,
+        identity) merged exactly into one per-channel matrix.
+
+        On such a map a depthwise branch is a matrix m_b [HW, HoWo] per channel (the taps that touch
+        the input), z_b = x·m_b. Its batch statistics follow from the input's per-channel pixel means
+        μ [HW] and covariance Σ [HW, HW] (law of total variance over the output positions o):
+        mean_b = mean_o(μ·m_bo), var_b = mean_o(m_boᵀ Σ m_bo) + var_o(μ·m_bo). So the n branches
+        cost one covariance and one matrix product instead of n products and n statistics passes,
+        and autograd through μ and Σ gives the exact gradients (as `_forward_pointwise_merged`)."""
         N, C, H, W = x.shape
         plan = crop_plan((H, W), self.kernel_size, self.stride, self.padding)
         if plan is None:
@@ -313,12 +318,16 @@ class RepConv2d(nn.Module):
         else:
             keep, pads, out = plan
         m = depthwise_matrix(self._small_map_kernels(keep), (H, W), self.stride, pads, out)  # [n, C, HW, HoWo]
-        xr = x.permute(1, 0, 2, 3).reshape(1, C, N, H * W)
-        # [n, C, N, HoWo]; on 1-pixel maps every branch is a per-channel scale (a bmm of 1×1s is slow)
-        z = xr * m if H * W == 1 else torch.matmul(xr, m)
-        if z.dtype in (torch.float16, torch.bfloat16):  # AMP: batch statistics in fp32, as BatchNorm keeps them
-            z = z.float()
-        var, mean = torch.var_mean(z, dim=(2, 3), correction=0)
+        xr = x.permute(1, 0, 2, 3).reshape(C, N, H * W)
+        with torch.autocast(x.device.type, enabled=False):  # AMP: batch statistics in fp32, as BatchNorm keeps them
+            stat_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            xs, ms = xr.to(stat_dtype), m.to(stat_dtype)
+            mu = xs.mean(1)                                                       # [C, HW]
+            xc = xs - mu[:, None]
+            cov = xc.transpose(1, 2) @ xc / N                                    # [C, HW, HW]
+            pos_mean = (mu[None, :, :, None] * ms).sum(2)                         # [n, C, HoWo]
+            mean = pos_mean.mean(-1)                                              # [n, C]
+            var = ((cov[None] @ ms) * ms).sum((2, 3)) / ms.shape[-1] + pos_mean.var(-1, correction=0)
         count = N * out[0] * out[1]
         B = self.num_conv_branches
         gamma, beta = [self.bn_weight], self.bn_bias.sum(0)
@@ -330,9 +339,11 @@ class RepConv2d(nn.Module):
             # gradient, and AccumulateGrad would then keep those aliased rows as their .grad
             beta = beta + getattr(self, f"{prefix}_bias")
         a = torch.cat(gamma) * torch.rsqrt(var + self.eps)                                   # [n, C]
-        shift = beta - (a * mean).sum(0)
-        y = (z * a[:, :, None, None]).sum(0) + shift[:, None, None]                         # [C, N, HoWo]
-        y = y.reshape(C, N, *out).permute(1, 0, 2, 3)
+        shift = beta - (a * mean).sum(0)                                                     # [C]
+        merged = (a[:, :, None, None] * m).sum(0).to(x.dtype)                               # [C, HW, HoWo]
+        # on 1-pixel maps the merged branches are one per-channel scale (a bmm of 1×1s is slow)
+        y = xr * merged.view(C, 1, 1) if H * W == 1 else torch.matmul(xr, merged)           # [C, N, HoWo]
+        y = (y + shift.to(y.dtype)[:, None, None]).reshape(C, N, *out).permute(1, 0, 2, 3)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
