@@ -57,6 +57,19 @@ def test_dense_and_grouped_every_small_size(kernel, padding, stride, groups):
         _check(x, weight, torch.randn(6, generator=g, dtype=torch.float64), (stride, stride), padding, groups)
 
 
+@pytest.mark.parametrize("kernel,padding", KERNELS + [((3, 3), (2, 2))])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_conv_of_one_pixel_equals_the_conv(kernel, padding, stride):
+    """1-pixel maps take the matrix-product path (the plain conv where the output is larger): same
+    outputs and gradients as F.conv2d."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 7, 1, 1, generator=g, dtype=torch.float64)
+    weight = torch.randn(3, 7, *kernel, generator=g, dtype=torch.float64)
+    for bias in (None, torch.randn(3, generator=g, dtype=torch.float64)):
+        _check(x, weight, bias, (stride, stride), padding, 1)
+        _check(x.contiguous(memory_format=torch.channels_last), weight, bias, (stride, stride), padding, 1)
+
+
 def test_dropped_taps_get_exactly_zero_gradient():
     x = torch.randn(4, 3, 1, 1, dtype=torch.float64)
     w = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)

@@ -72,7 +72,7 @@ class ConvBnAct(nn.Module):
 
     def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1, act: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+        self.conv = CropConv2d(cin, cout, k, stride, k // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
@@ -86,7 +86,7 @@ class DFCAttention(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.short_conv = nn.Sequential(
-            nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
+            CropConv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout),
             CropConv2d(cout, cout, (1, 5), 1, (0, 2), groups=cout, bias=False), nn.BatchNorm2d(cout),
             CropConv2d(cout, cout, (5, 1), 1, (2, 0), groups=cout, bias=False), nn.BatchNorm2d(cout),
         )
@@ -128,9 +128,9 @@ class SqueezeExcite(nn.Module):
     def __init__(self, chs: int, rd_ratio: float):
         super().__init__()
         rd = make_divisible(chs * rd_ratio, 4)
-        self.conv_reduce = nn.Conv2d(chs, rd, 1, bias=True)
+        self.conv_reduce = CropConv2d(chs, rd, 1, bias=True)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv_expand = nn.Conv2d(rd, chs, 1, bias=True)
+        self.conv_expand = CropConv2d(rd, chs, 1, bias=True)
 
     def forward(self, x):
         s = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
@@ -151,7 +151,7 @@ class GhostBottleneck(nn.Module):
         else:
             self.shortcut = nn.Sequential(
                 CropConv2d(cin, cin, k, stride, (k - 1) // 2, groups=cin, bias=False), nn.BatchNorm2d(cin),
-                nn.Conv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout))
+                CropConv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ghost1(x)
@@ -229,7 +229,7 @@ class GhostNet(nn.Module):
         self.feature_info[-1] = dict(num_chs=out, reduction=reduction, module=f"blocks.{len(stages) - 1}")
         self.num_features = out
         self.head_hidden_size = 1280
-        self.conv_head = nn.Conv2d(out, self.head_hidden_size, 1, 1, 0, bias=True)
+        self.conv_head = CropConv2d(out, self.head_hidden_size, 1, 1, 0, bias=True)
         self.act2 = nn.ReLU(inplace=True)
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .crop import SMALL_MAP_PIXELS, conv2d_cropped, crop_plan, depthwise_matrix, eager_shape_logic
+from .crop import SMALL_MAP_PIXELS, CropConv2d, conv2d_cropped, crop_plan, depthwise_matrix, eager_shape_logic
 
 __all__ = ["RepConv2d", "fold_bn", "REP_INITS"]
 
@@ -182,11 +182,13 @@ class RepConv2d(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
-        """One `nn.Conv2d` (with bias) computing what this module computes in eval mode."""
+        """One `nn.Conv2d` (with bias) computing what this module computes in eval mode (a
+        `CropConv2d`: same parameters and state dict, its eager forward skips the taps that only
+        read padding on small maps)."""
         kernel, bias = self.get_kernel_bias()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.padding, groups=self.groups, bias=True,
-                         device=kernel.device, dtype=kernel.dtype)
+        conv = CropConv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                          self.padding, groups=self.groups, bias=True,
+                          device=kernel.device, dtype=kernel.dtype)
         conv.weight.copy_(kernel)
         conv.bias.copy_(bias)
         return conv
@@ -372,7 +374,7 @@ class RepConv2d(nn.Module):
             k, b = fold_bn(self._identity_kernel(W), m, ivar, self.identity_bn_weight,
                            self.identity_bn_bias, self.eps)
             kernel, bias = kernel + k, bias + b
-        return F.conv2d(x, kernel, bias, self.stride, 0, 1, 1)
+        return conv2d_cropped(x, kernel, bias, self.stride, (0, 0), 1)
 
     def _channelwise_extras(self, xs: torch.Tensor, mom: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Depthwise scale + identity branches: per-channel affine maps of x, merged exactly into

@@ -110,6 +110,16 @@ def _matmul_depthwise(x, w, bias, stride, pads, out):
     return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _dense_one_pixel(x, weight, bias, stride, padding):
+    """A dense conv of a 1-pixel map to a 1-pixel map: the one tap that reads the pixel, as a
+    matrix product (`F.linear` runs fwd+bwd ~2× faster than mkldnn's conv on such maps: the
+    1×1 convs of SE, the head and the last stage at 32 px). None when the output is larger."""
+    (kh, kw), (ph, pw) = weight.shape[2:], padding
+    if any(1 + 2 * p - k >= s for p, k, s in zip((ph, pw), (kh, kw), stride)) or ph >= kh or pw >= kw:
+        return None
+    return F.linear(x.flatten(1), weight[:, :, ph, pw], bias)[:, :, None, None]
+
+
 @torch.fx.wrap
 def conv2d_cropped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
                    groups: int = 1) -> torch.Tensor:
@@ -119,6 +129,10 @@ def conv2d_cropped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if not eager_shape_logic():
         return F.conv2d(x, weight, bias, stride, padding, 1, groups)
     size = (int(x.shape[2]), int(x.shape[3]))
+    if groups == 1 and size == (1, 1):
+        y = _dense_one_pixel(x, weight, bias, stride, padding)
+        if y is not None:
+            return y
     plan = crop_plan(size, (int(weight.shape[2]), int(weight.shape[3])), stride, padding)
     depthwise = _is_depthwise(x, weight, groups)
     if plan is None:
