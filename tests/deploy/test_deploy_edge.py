@@ -5,6 +5,7 @@ The format tests use a 3-stage GhostNetV3 (the first plain block, a stride-2 blo
 attention, a 5x5 block with DFC and SE): every op of the full model, at a fraction of the
 converters' time. The CLI quantize test uses timm's tiny `test_efficientnet` as a run directory.
 """
+import collections
 import json
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import yaml
 
 from ghostnetv3.cli import main
 from ghostnetv3.deploy import export as export_mod
-from ghostnetv3.deploy.edge import EDGE_FORMATS, MissingExtraError, edge_runner, export_edge_int8, require
+from ghostnetv3.deploy.edge import (EDGE_FORMATS, MissingExtraError, edge_runner, export_edge_int8, pt2e_quantize,
+                                    require)
 from ghostnetv3.deploy.export import ExportMismatchError, export_model, read_metadata
 from ghostnetv3.deploy.prepare import to_deploy_form
 from ghostnetv3.deploy.quantize import eval_batches
@@ -122,13 +124,72 @@ def test_tflite_int8_pool_beside_padded_conv(tmp_path, which):
         model, size = to_deploy_form(small_ghostnet(1), log=lambda m: None)[0], (1, IMG, IMG)
     path, _, reference = export_edge_int8(model, tmp_path / "q.tflite", "tflite", size,
                                           [torch.randn(16, *size).numpy()])
-    pools = [n for n in reference.graph.nodes if n.target == torch.ops.aten.avg_pool2d.default]
-    assert pools and all("dequantize" in str(n.args[0].target) for n in pools)  # int8 in, not float
+    # the pool is now the depthwise conv it is (TFLite's XNNPACK delegate has no int8 pool), int8 in
+    assert not [n for n in reference.graph.nodes if n.target == torch.ops.aten.avg_pool2d.default]
+    pools = [n for n in reference.graph.nodes if n.meta.get("ghostnetv3_avg_pool")]
+    assert pools and all("dequantize" in str(n.args[0].target) for n in pools)
     x = torch.randn(1, *size)
     with torch.no_grad():
         ref_q = reference(x).numpy()
     out = edge_runner(path, "tflite", 1)(x.numpy())
     assert np.abs(out - ref_q).max() < 0.1 * np.abs(ref_q).max() + 1e-3  # int8 rounding only
+
+
+def tflite_ops(path) -> list[tuple[str, list]]:
+    """(op name, input dtypes) of each op of a .tflite as written (no delegate applied)."""
+    litert = require("ai_edge_litert.interpreter", "Reading a .tflite")
+    no_delegate = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = litert.Interpreter(model_path=str(path), experimental_op_resolver_type=no_delegate)
+    interp.allocate_tensors()
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    return [(op["op_name"], [dtypes[i] for i in op["inputs"] if i >= 0]) for op in interp._get_ops_details()]
+
+
+def test_tflite_int8_ghostnet_is_int8_throughout(tmp_path):
+    # LiteRT's add and cat annotators match `source_fn_stack`, which the non-strict torch.export
+    # does not record: the residual adds and the ghost concats read float tensors, the SE's
+    # hard-sigmoid (no TFLite op: an ADD and a MUL) stayed float, and QUANTIZE / DEQUANTIZE ops
+    # went around them. They are annotated by aten op now: no op of the file reads a float tensor.
+    torch.manual_seed(0)
+    model, size = to_deploy_form(small_ghostnet(1), log=lambda m: None)[0], (1, IMG, IMG)
+    path, _, reference = export_edge_int8(model, tmp_path / "q.tflite", "tflite", size,
+                                          [torch.randn(16, *size).numpy()])
+    ops = tflite_ops(path)
+    assert [name for name, dtypes in ops if np.float32 in dtypes] == []
+    count = collections.Counter(name for name, _ in ops)
+    # 3 residual adds + the hard-sigmoid's x + 3; the DFC gate, the SE gate and the hard-sigmoid's / 6;
+    # the 6 ghost modules' concats; no quantize / dequantize; the DFC pool a depthwise conv
+    assert (count["ADD"], count["MUL"], count["CONCATENATION"]) == (4, 3, 6)
+    assert not {"QUANTIZE", "DEQUANTIZE", "AVERAGE_POOL_2D"} & set(count)
+    x = torch.randn(1, *size)
+    with torch.no_grad():
+        ref_q, ref = reference(x).numpy(), model(x).numpy()
+    out = edge_runner(path, "tflite", 1)(x.numpy())
+    assert np.abs(out - ref_q).max() < 0.1 * np.abs(ref_q).max() + 1e-3  # int8 rounding only
+    assert np.abs(out - ref).max() < 0.5 * np.abs(ref).max() + 1e-3
+
+
+def test_executorch_int8_ghostnet_delegates_all_but_the_dfc_resize():
+    # XNNPACK's partitioner takes no alias_copy (GhostNetV3's full-width slice of each concat
+    # exports as an alias): every ghost module split the delegated graph. Nor has it an int8 pool
+    # or hard-sigmoid: they ran in fp32 inside the delegate. The aliases are dropped, the pool is a
+    # depthwise conv, the hard-sigmoid an add + clamp (quantized after the clamp) and a mul.
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    torch.manual_seed(0)
+    model, size = to_deploy_form(small_ghostnet(1), log=lambda m: None)[0], (1, IMG, IMG)
+    x = torch.zeros(1, *size)
+    reference, _, _ = pt2e_quantize(model, x, [torch.randn(16, *size).numpy()], "executorch")
+    aten = torch.ops.aten
+    targets = collections.Counter(n.target for n in reference.graph.nodes)
+    assert not {aten.alias.default, aten.avg_pool2d.default, aten.hardsigmoid.default} & set(targets)
+    clamps = [n for n in reference.graph.nodes if n.target == aten.hardtanh.default]
+    assert clamps and all(n.args[0].target == aten.add.Tensor for n in clamps)  # no scale between
+    edge = to_edge_transform_and_lower(torch.export.export(reference, (x,)), partitioner=[XnnpackPartitioner()])
+    outside = collections.Counter(n.target.name() for n in edge.exported_program().graph.nodes
+                                  if n.op == "call_function" and hasattr(n.target, "name"))  # not getitem
+    # one DFC: its nearest-neighbour resize (no XNNPACK kernel) between two delegated graphs
+    assert outside == {"executorch_call_delegate": 2, "aten::upsample_nearest2d.vec": 1}, outside
 
 
 @pytest.fixture(scope="module")
