@@ -26,8 +26,18 @@ def test_auto_keys_read_auto_and_plan_for_the_run():
 
 def test_time_budget_plans_from_the_measured_rate():
     b = TimeBudget(60.0, calibration_steps=20)
-    assert b.plan_total(20, 2.0) == 600          # 10 steps/s for 60 s
     assert b.plan_total(20, 100.0) == 21         # already over: at least one more step
+    assert b.due(20) and not b.due(19)
+    assert b.plan_total(20, 2.0) == 600          # 10 steps/s for 60 s
+    b.commit(600, 20, 2.0)
+    assert not b.final and not b.due(59) and b.due(60)   # refined at 10% of the planned run
+    # the run slowed to 8 steps/s after the first steps: 40 steps took 5 s, 53 s are left
+    assert b.plan_total(60, 7.0) == 60 + int(53 * 8)
+    b.commit(484, 60, 7.0)
+    assert b.final and not b.due(10 ** 6)
+    short = TimeBudget(1.0, calibration_steps=20)
+    short.commit(short.plan_total(20, 0.5), 20, 0.5)  # a 40-step plan: no room to refine
+    assert short.final
 
 
 def test_time_limited_plan_is_kept_on_resume_and_epoch_plans_follow_the_config():

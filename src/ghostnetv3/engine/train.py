@@ -427,14 +427,15 @@ def _make_run_plan(cfg: TrainConfig, saved_plan: Optional[RunPlan], steps_per_ep
 
 def _calibrate_budget(cfg: TrainConfig, budget: TimeBudget, steps_done: int, train_seconds: float,
                       steps_per_epoch: int, channels_last: bool, d: "Dist") -> RunPlan:
-    """The time-budget plan from the rate of the first steps (rank 0's, shared with all ranks)."""
+    """The time-budget plan from the measured rate (rank 0's, shared with all ranks)."""
     total = [budget.plan_total(steps_done, train_seconds)]
     if d.enabled:
         dist.broadcast_object_list(total, src=0)
     plan = make_plan(cfg, steps_per_epoch, channels_last, total_steps=total[0], calibrated=True)
     if d.main:
-        print(f"time budget {cfg.time_limit:g} min: {steps_done / max(train_seconds, 1e-9):.2f} steps/s over the "
-              f"first {steps_done} steps -> schedule of {plan.describe()}", flush=True)
+        print(f"time budget {cfg.time_limit:g} min: {budget.describe_rate(steps_done, train_seconds)} "
+              f"-> schedule of {plan.describe()}", flush=True)
+    budget.commit(total[0], steps_done, train_seconds)
     return plan
 
 
@@ -684,7 +685,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                     scheduler.step_update(num_updates=global_step)
                     if ema is not None:
                         ema.update(model_without_ddp, step=global_step)
-                    if budget is not None and global_step >= budget.calibration_steps:
+                    if budget is not None and budget.due(global_step):
                         plan = _calibrate_budget(cfg, budget, global_step, train_time + time.perf_counter() - t_epoch,
                                                  steps_per_epoch, channels_last, d)
                         scheduler = build_scheduler(optimizer, cfg, plan)
@@ -693,7 +694,8 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                             ema.decay = plan.ema_decay
                         if d.main:
                             plan.save(run_dir)
-                        budget = None
+                        if budget.final:
+                            budget = None
 
                     loss_val = flags[3].item()
                     loss_sum += loss_val
