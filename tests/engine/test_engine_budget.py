@@ -2,8 +2,10 @@
 import json
 
 import torch
+from timm.utils import ModelEmaV3
 
 from ghostnetv3.engine.budget import (PLAN_FILE, RunPlan, TimeBudget, auto_ema_decay, choose_channels_last,
+                                     ema_warmup_gamma,
                                       make_plan, prefer_channels_last)
 from ghostnetv3.engine.config import TrainConfig, load_config
 from ghostnetv3.engine.train import _make_run_plan, train
@@ -80,3 +82,16 @@ def test_time_limited_run_ends_its_schedule_at_the_plan(tmp_path):
     assert abs(summary["lr"] - cfg.min_lr) < 1e-9                 # the cosine ended, it was not cut off
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["type"] == "epoch" and recs[-1]["global_step"] == plan["total_steps"]
+
+
+def test_ema_warmup_reaches_an_auto_decay_at_its_horizon():
+    """timm's ramp 1 − (1 + step/γ)^(−2/3) with γ = 1 stays below a 156-step horizon's decay for
+    1,948 steps (so the horizon did nothing in a 1,560-step run); with ema_warmup_gamma it gets there
+    at step ~156 and the cap holds from then on."""
+    decay = auto_ema_decay(1560, 0.1)
+    timm_ramp = ModelEmaV3(torch.nn.Linear(1, 1), decay=decay, use_warmup=True)
+    assert timm_ramp.get_decay(1560) < decay
+    ours = ModelEmaV3(torch.nn.Linear(1, 1), decay=decay, use_warmup=True, warmup_gamma=ema_warmup_gamma(decay, True))
+    assert ours.get_decay(150) < decay and ours.get_decay(160) == decay and ours.get_decay(1560) == decay
+    assert ours.get_decay(10) > timm_ramp.get_decay(10)
+    assert ema_warmup_gamma(0.9998, False) == 1.0          # a decay the user gave keeps timm's ramp

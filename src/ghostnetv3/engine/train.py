@@ -30,7 +30,8 @@ from ghostnetv3.errors import SaveError, UserError
 
 from . import checkpoint as ckpt_io
 from . import rundir
-from .budget import CHANNELS_LAST_MARGIN, RunPlan, TimeBudget, build_scheduler, choose_channels_last, make_plan
+from .budget import (CHANNELS_LAST_MARGIN, RunPlan, TimeBudget, build_scheduler, choose_channels_last,
+                     ema_warmup_gamma, make_plan)
 from .config import TrainConfig
 from .inputs import check_train_classes
 
@@ -538,7 +539,8 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     ema = None
     if cfg.model_ema and d.main:  # rank 0 keeps the EMA, updated from the unwrapped module
-        ema = ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.model_ema_warmup)
+        ema = ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.model_ema_warmup,
+                         warmup_gamma=ema_warmup_gamma(plan.ema_decay, cfg.model_ema_decay is None))
 
     mixup_fn = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -566,7 +568,8 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
             if state.get("state_dict_ema") is not None:
                 ema.module.load_state_dict(state["state_dict_ema"])
             else:
-                ema = ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.model_ema_warmup)
+                ema = ModelEmaV3(model, decay=plan.ema_decay, use_warmup=cfg.model_ema_warmup,
+                         warmup_gamma=ema_warmup_gamma(plan.ema_decay, cfg.model_ema_decay is None))
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         # the schedule is rebuilt from the config (so --epochs can extend a run) and set to the saved step
         scheduler.step_update(num_updates=global_step)
@@ -692,6 +695,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                         scheduler.step_update(num_updates=global_step)
                         if ema is not None:
                             ema.decay = plan.ema_decay
+                            ema.warmup_gamma = ema_warmup_gamma(plan.ema_decay, cfg.model_ema_decay is None)
                         if d.main:
                             plan.save(run_dir)
                         if budget.final:
