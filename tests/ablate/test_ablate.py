@@ -188,3 +188,44 @@ def test_null_in_an_arm_unsets_the_recipe_value(tmp_path):
     assert (mbv2.model, mbv2.num_conv_branches, mbv2.stem_stride) == ("mobilenetv2_100", None, None)
     gn = plan.config(plan.arm("gn"), 0)  # the recipe's values where the arm says nothing
     assert (gn.num_conv_branches, gn.stem_stride) == (3, 2)
+
+
+def test_teacher_trains_in_the_first_kd_run_while_runs_without_kd_go_on(tmp_path, monkeypatch):
+    """With --jobs 2 the teacher is trained on first need, in the KD run's worker: a run without KD
+    starts (and finishes) while it trains, and a second KD run waits for the one teacher."""
+    import threading
+
+    from ghostnetv3.ablate import runner as runner_mod
+
+    arms = [{"name": "kd1", "kd": "cached", "set": {}}, {"name": "plain", "set": {}},
+            {"name": "kd2", "kd": "cached", "set": {"lr": 0.2}}]
+    plan = load_plan(write_plan(tmp_path, arms=arms, claims=[],
+                                teacher={"views": 1, "set": {"model": "resnet18"}}))
+    events: list[str] = []
+    teacher_started, plain_done = threading.Event(), threading.Event()
+
+    def fake_teacher(self):
+        events.append("teacher start")
+        teacher_started.set()
+        assert plain_done.wait(30), "the run without KD did not go on while the teacher trained"
+        events.append("teacher done")
+        return {"top1": 90.0}
+
+    def fake_train(self, cfg, run_dir, what):
+        if what.startswith("plain"):
+            assert teacher_started.wait(30)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        events.append(f"{what} trained")
+        if what.startswith("plain"):
+            plain_done.set()
+
+    monkeypatch.setattr(runner_mod.Runner, "_ensure_teacher", fake_teacher)
+    monkeypatch.setattr(runner_mod.Runner, "ensure_cache", lambda self, arm, seed: None)
+    monkeypatch.setattr(runner_mod.Runner, "_train", fake_train)
+    monkeypatch.setattr(runner_mod, "score_run", lambda run_dir: {"top1": 50.0, "macro_f1": 50.0, "balanced_acc": 50.0})
+    failures = runner_mod.Runner(plan, jobs=2, threads=1, log=lambda *a: None).run()
+    assert failures == []
+    assert events.index("plain-s0 trained") < events.index("teacher done") < events.index("kd1-s0 trained")
+    teacher = [e for e in events if e.startswith("teacher")]
+    assert teacher == ["teacher start", "teacher done"] * 2  # kd2 asks too, only after kd1's: one at a time
+    assert events.index("teacher done") < events.index("kd2-s0 trained")

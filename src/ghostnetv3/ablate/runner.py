@@ -94,6 +94,7 @@ class Runner:
         self.on_result = on_result
         self.root = plan.run_root
         self._lock = threading.Lock()
+        self._teacher_lock = threading.Lock()
         self._cache_locks: dict[int, threading.Lock] = {}
 
     # ----------------------------------------------------------------------------- processes
@@ -195,6 +196,11 @@ class Runner:
         return load_config(t.get("recipe"), **values)
 
     def ensure_teacher(self) -> dict[str, Any]:
+        """Train and score the teacher once (the first KD run that needs it does; the others wait)."""
+        with self._teacher_lock:
+            return self._ensure_teacher()
+
+    def _ensure_teacher(self) -> dict[str, Any]:
         cfg = self.teacher_config()
         h = config_hash(cfg)
         result_path = self.teacher_dir / RESULT
@@ -255,6 +261,9 @@ class Runner:
         res = self._check_stale(result_path, h)
         if res is not None:
             return res
+        if arm.kd is not None:
+            # trained on first need, so with --jobs > 1 the runs without KD go on beside it
+            self.ensure_teacher()
         if arm.kd == "cached":
             self.ensure_cache(arm, seed)
         self.log(f"[ablate] {run_name(arm.name, seed)}: training")
@@ -279,9 +288,8 @@ class Runner:
         """Run what is not finished; returns the failures (one line each) — the others still run."""
         self.restore_recorded()
         todo = self.todo(arms)
-        # the teacher only for KD runs still to train (a fresh clone with them all recorded needs none)
-        if self.plan.teacher is not None and any(a.kd and not self.done(a, s) for a, s in todo):
-            self.ensure_teacher()
+        # the teacher is trained by the first KD run still to train (a fresh clone with them all
+        # recorded needs none), in that run's worker: with --jobs > 1 the others go on meanwhile
         failures: list[str] = []
 
         def one(numbered):
