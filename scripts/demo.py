@@ -4,11 +4,14 @@
    at its own, larger resolution (DEMO_TEACHER_SIZE px: an ImageNet net at 32 px is crippled)
 2. cache its outputs for K augmented views of every training image (`ghostnetv3 cache-teacher`;
    each 32-px student view is resized to the teacher's size once, at caching time)
-3. train two GhostNetV3-0.5 students on the same data and schedule: a plain conventional one (one
-   conv+BN per site, no EMA, no KD) and the strategy student (re-parameterization branches + EMA +
-   the cached KD targets)
+3. train three GhostNetV3-0.5 students on the same data and schedule: a plain conventional one (one
+   conv+BN per site, the conventional recipe's Mixup 0.8 / CutMix 1.0 / random erasing 0.25, no EMA,
+   no KD: the "plain conventional" arm of the ablation grids), a plain one on the paper's recipe (the
+   same network without Mixup/CutMix/erasing: what the strategy adds beyond the recipe) and the
+   strategy student (paper recipe + re-parameterization branches + EMA + the cached KD targets)
 4. evaluate raw / EMA / fused, export the fused strategy student to ONNX (verified), and print a
-   summary that says whether teacher > strategy student > plain student held — whatever came out
+   summary that says whether teacher > strategy student > plain conventional student held, and how
+   the strategy student compares with the plain paper-recipe one — whatever came out
 
 Sized for a 2-core CPU: a seeded subset of the training images and a short schedule (override with
 DEMO_TRAIN_SUBSET, DEMO_EPOCHS, DEMO_TEACHER_EPOCHS, DEMO_TEACHER_SIZE, DEMO_VIEWS).  One seed (0),
@@ -56,6 +59,7 @@ def main() -> None:
     student = ["-c", "recipes/fashion_mnist.yaml", "--epochs", EPOCHS] + COMMON
     plain = ["--num-conv-branches", "1", "--scale-branch", "false", "--identity-branch", "false",
              "--model-ema", "false"]
+    conventional = ["--mixup", "0.8", "--cutmix", "1.0", "--reprob", "0.25"]  # as the grids' plain_conventional
 
     run("teacher", ["export-teacher", "efficientnet_lite0", "-o", f"{OUT}/lite0-imagenet.safetensors"])
     run("teacher", ["train", "--model", "tf_efficientnet_lite0", "--in-chans", "3",
@@ -68,10 +72,11 @@ def main() -> None:
     run("cache", ["cache-teacher", "-c", "recipes/fashion_mnist.yaml", "--teacher", f"{OUT}/teacher",
                   "--views", VIEWS, "--output", cache, "--no-progress", "--data", "fashion-mnist",
                   "--train-subset", SUBSET, "--seed", "0"])
-    run("plain student", ["train"] + student + plain + ["--experiment", "plain"])
+    run("plain students", ["train"] + student + plain + conventional + ["--experiment", "plain"])
+    run("plain students", ["train"] + student + plain + ["--experiment", "plain_paper"])
     run("strategy student", ["train"] + student + ["--teacher-cache", cache, "--experiment", "strategy"])
 
-    results = {name: evaluate(f"{OUT}/{name}") for name in ("teacher", "plain", "strategy")}
+    results = {name: evaluate(f"{OUT}/{name}") for name in ("teacher", "plain", "plain_paper", "strategy")}
     run("export", ["export", f"{OUT}/strategy", "--format", "onnx", "-o", f"{OUT}/strategy.onnx"])
     info = json.loads(run("export", ["info", "ghostnetv3_050", "--input-size", "1", "32", "32",
                                      "--num-classes", "10", "--json"], capture=True))
@@ -83,18 +88,21 @@ def main() -> None:
     print(f"training images: {SUBSET} (seeded subset), student epochs: {EPOCHS}, teacher epochs: "
           f"{TEACHER_EPOCHS} at {TEACHER_SIZE} px, cached views: {VIEWS}, seed 0")
     labels = {"teacher": f"teacher (lite0, {TEACHER_SIZE}px)", "plain": "plain conventional",
-              "strategy": "strategy (rep+EMA+KD)"}
+              "plain_paper": "plain, paper recipe", "strategy": "strategy (rep+EMA+KD)"}
     print(f"{'run':<24}{'raw':>8}{'EMA':>8}{'fused':>8}{'fusion max|diff|':>18}  (fused: the weights export ships)")
     for name, r in results.items():
         print(f"{labels[name]:<24}{top1(r, 'raw'):>8}{top1(r, 'ema'):>8}{top1(r, 'fused'):>8}"
               f"{r.get('fusion_max_diff', 0.0):>18.2e}")
-    t, st, pl = (results[k]["fused"]["top1"] for k in ("teacher", "strategy", "plain"))
-    print(f"teacher > strategy student > plain student: {'yes' if t > st > pl else 'NO'} "
+    t, st, pl, pp = (results[k]["fused"]["top1"] for k in ("teacher", "strategy", "plain", "plain_paper"))
+    print(f"teacher > strategy student > plain conventional student: {'yes' if t > st > pl else 'NO'} "
           f"({t:.2f} / {st:.2f} / {pl:.2f})")
     if not t > st:
         print("  the teacher is not better than the student it taught: KD had no stronger model to learn from")
     if not st > pl:
         print("  at this budget the strategy student did not beat the plain conventional one")
+    verdict = "ahead of" if st > pp else "not ahead of"
+    print(f"strategy student vs the plain network on the same (paper) recipe: {st - pp:+.2f} points: the "
+          f"branches + EMA + KD are {verdict} the recipe alone at this budget (one seed)")
     print(f"GhostNetV3-0.5 @1x32x32: train form {info['train_params'] / 1e6:.2f}M params "
           f"{info['train_macs'] / 1e6:.1f}M MACs; fused {info['fused_params'] / 1e6:.2f}M params "
           f"{info['fused_macs'] / 1e6:.1f}M MACs")
