@@ -63,6 +63,14 @@ def test_paired_diff_interval_by_hand():
     assert paired_diff({0: 1.0}, {1: 0.5})["mean"] is None
 
 
+def test_ema_verdict_follows_the_interval():
+    from ghostnetv3.ablate.report import ema_verdict
+    assert ema_verdict(paired_diff({0: 80.0, 1: 81.0, 2: 80.5}, {0: 81.0, 1: 81.9, 2: 81.6})) == "EMA below raw"
+    assert ema_verdict(paired_diff({0: 82.0, 1: 83.0, 2: 82.6}, {0: 81.0, 1: 81.9, 2: 81.6})) == "EMA above raw"
+    assert ema_verdict(paired_diff({0: 80.0, 1: 83.0}, {0: 81.0, 1: 81.0})).startswith("no difference shown")
+    assert ema_verdict(paired_diff({0: 80.0}, {0: 81.0})) == "fewer than 2 seeds"
+
+
 def test_verdicts_follow_the_interval():
     assert verdict({"ci": [0.1, 2.0]}, "higher") == "reproduced"
     assert verdict({"ci": [-2.0, -0.1]}, "higher") == "not reproduced (the opposite)"
@@ -133,6 +141,11 @@ def test_tiny_grid_runs_reports_skips_and_refuses_stale(tmp_path, capsys):
     assert diff["mean"] == pytest.approx(arms["rep2"]["runs"][0]["top1"] - arms["plain"]["runs"][0]["top1"])
     md = (res_dir / "ablation_tiny.md").read_text()
     assert "| rep2 |" in md and "runs finished: 2 of 2" in md
+    # the EMA arm's EMA weights against the same run's raw weights
+    rep2 = arms["rep2"]["runs"][0]
+    assert [e["arm"] for e in summary["ema_vs_raw"]] == ["rep2"]  # plain has no EMA
+    assert summary["ema_vs_raw"][0]["diff"]["mean"] == pytest.approx(rep2["ema_top1"] - rep2["raw_top1"])
+    assert "## EMA weights vs the same run's raw weights" in md and "| rep2 | 1 |" in md
     claim = summary["claims"][0]
     assert (claim["arm"], claim["ref"]) == ("rep2", "plain")  # ref defaults to the arm's own
     assert claim["top1"]["verdict"] == "inconclusive (fewer than 2 seeds)"

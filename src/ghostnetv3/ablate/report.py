@@ -89,6 +89,12 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
             entry[m] = {"diff": d, "verdict": verdict(d, c.expect, c.margin)}
         claims.append(entry)
     all_walls = [r.get("harness_wall_s") or 0.0 for runs in by_arm.values() for r in runs]
+    ema_vs_raw = []
+    for arm in plan.arms:
+        pairs = [r for r in by_arm.get(arm.name, []) if r.get("ema_top1") is not None and r.get("raw_top1") is not None]
+        if pairs:
+            d = paired_diff({r["seed"]: r["ema_top1"] for r in pairs}, {r["seed"]: r["raw_top1"] for r in pairs})
+            ema_vs_raw.append({"arm": arm.name, "diff": d, "verdict": ema_verdict(d)})
     teacher = results.get("teacher")
     return {"name": plan.name, "plan": plan.source, "description": plan.description, "recipe": plan.recipe,
             "budget": plan.common, "seeds": plan.seeds, "metrics": list(plan.metrics),
@@ -98,7 +104,19 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
             "planned_runs": plan.seeds * len(plan.arms), "total_train_wall_s": sum(all_walls),
             "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}, "
                        f"torch {_torch_version()}", "updated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "arms": arms_out, "claims": claims}
+            "arms": arms_out, "claims": claims, "ema_vs_raw": ema_vs_raw}
+
+
+def ema_verdict(diff: dict[str, Any]) -> str:
+    """EMA top-1 minus the same run's raw top-1 over seeds: which one the 95% interval favours."""
+    if diff.get("ci") is None:
+        return "fewer than 2 seeds"
+    lo, hi = diff["ci"]
+    if hi < 0:
+        return "EMA below raw"
+    if lo > 0:
+        return "EMA above raw"
+    return "no difference shown (interval contains 0)"
 
 
 def _torch_version() -> str:
@@ -159,6 +177,16 @@ def to_markdown(s: dict[str, Any]) -> str:
             want = {"higher": "> 0", "lower": "< 0", "same": "= 0"}[c["expect"]]
             lines.append(f"| {c['claim']} | {c['arm']} − {c['ref']} {want} | "
                          + " | ".join(f"{_fmt_diff(c[m]['diff'])} → {c[m]['verdict']}" for m in metrics) + " |")
+    if s.get("ema_vs_raw"):
+        lines += ["", "## EMA weights vs the same run's raw weights (top-1, fused)", "",
+                  "Each EMA run scored twice at its last step: its EMA weights (what the arm is scored on) and its "
+                  "raw weights; Δ = EMA − raw, paired by run, 95% t interval.", "",
+                  "| arm | n | Δ top-1 EMA − raw [95% CI] | verdict | per seed |", "|---|---|---|---|---|"]
+        for e in s["ema_vs_raw"]:
+            runs = next(a["runs"] for a in s["arms"] if a["name"] == e["arm"])
+            per = ", ".join(f"s{r['seed']}: {r['ema_top1'] - r['raw_top1']:+.2f}" for r in runs
+                            if r.get("ema_top1") is not None and r.get("raw_top1") is not None)
+            lines.append(f"| {e['arm']} | {e['diff']['n']} | {_fmt_diff(e['diff'])} | {e['verdict']} | {per} |")
     lines += ["", "Per-run scores (seed: " + LABELS[metrics[0]] + "):", ""]
     for a in s["arms"]:
         runs = ", ".join(f"s{r['seed']}: {r[metrics[0]]:.2f}" for r in a["runs"]) or "–"
