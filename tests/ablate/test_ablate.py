@@ -110,6 +110,17 @@ def test_plan_with_a_key_given_twice_is_refused(tmp_path):
         load_plan(p)
 
 
+def test_config_hash_survives_the_rep_init_default_change():
+    # recorded runs were hashed while rep_init defaulted to reference (not hashed), scaled hashed
+    import hashlib
+    from ghostnetv3.engine.config import TrainConfig
+    assert TrainConfig().rep_init == "scaled"
+    empty = hashlib.sha256(json.dumps({}, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(TrainConfig(rep_init="reference")) == empty
+    scaled = hashlib.sha256(json.dumps({"rep_init": "scaled"}, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_hash(TrainConfig()) == config_hash(TrainConfig(rep_init="scaled")) == scaled
+
+
 def test_config_hash_ignores_where_and_new_default_keys(tmp_path):
     plan = load_plan(write_plan(tmp_path))
     arm = plan.arm("rep2")

@@ -122,10 +122,15 @@ def run_name(arm: str, seed: int) -> str:
     return f"{arm}-s{seed}"
 
 
+# Defaults as they were when runs were first recorded, for keys whose default changed since: a run
+# keeps its hash (and its recorded result) across the change. rep_init became "scaled" on 2026-12-07.
+HASH_DEFAULTS = {"rep_init": "reference"}
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """What decides a run's result (not where it is written or how it is resumed). Keys left at their
     defaults are not hashed, so a key added to TrainConfig later does not make finished runs stale."""
-    defaults = TrainConfig().to_dict()
+    defaults = dict(TrainConfig().to_dict(), **HASH_DEFAULTS)
     d = {k: v for k, v in cfg.to_dict().items()
          if v != defaults.get(k) and k not in ("resume", "output", "experiment", "log_interval",
                                                 "checkpoint_interval", "workers", "device")}

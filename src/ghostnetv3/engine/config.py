@@ -32,7 +32,7 @@ class TrainConfig:
     num_conv_branches: Optional[int] = None  # re-parameterization branches; None: the model's default
     scale_branch: Optional[bool] = None  # the 1x1 "scale" branch of each k x k site; None: on (GhostNetV3 models)
     identity_branch: Optional[bool] = None  # the BN-only identity branch; None: on (GhostNetV3 models)
-    rep_init: str = "reference"          # branch BN gamma at init: reference (1) | scaled (1/sqrt(branches at the site))
+    rep_init: str = "scaled"             # branch BN gamma at init: scaled (1/sqrt(branches at the site)) | reference (1)
     width: Optional[float] = None        # None: the width in the model's name
     stem_stride: Optional[int] = None    # 1 keeps tiny images (28-32 px) from shrinking to 1x1
     drop_rate: Optional[float] = None    # classifier dropout; None: the model's default

@@ -74,10 +74,12 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
             from ghostnetv3.rep import repify
         except ImportError as e:
             raise UserError("--repify needs ghostnetv3.rep.repify, which this install lacks") from e
-        # rep_init reference keeps repify's function-preserving start (new branches silent)
+        # rep_init reference, and any pretrained model, keep repify's function-preserving start (new
+        # branches silent): restarting a pretrained model's BNs would throw its training away
+        fresh = cfg.rep_init == "scaled" and not cfg.pretrained
         model = repify(model, num_conv_branches=cfg.num_conv_branches or 3,
                        scale_branch=cfg.scale_branch is not False, identity_branch=cfg.identity_branch is not False,
-                       rep_init="scaled" if cfg.rep_init == "scaled" else "preserve")
+                       rep_init="scaled" if fresh else "preserve")
     if cfg.init_checkpoint:
         from ghostnetv3.models import load_checkpoint
         load_checkpoint(model, cfg.init_checkpoint, use_ema=True, reset_head=cfg.reset_head)

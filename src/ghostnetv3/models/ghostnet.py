@@ -59,7 +59,7 @@ class BranchConfig:
     scale_branch: bool = True
     identity_branch: bool = True
     linear_branches: bool = False
-    rep_init: str = "reference"          # branch BN γ: 1 (reference) or 1/√n (scaled); see RepConv2d
+    rep_init: str = "scaled"             # branch BN γ: 1/√n (scaled) or 1 (reference); see RepConv2d
 
     def conv(self, cin, cout, k, stride=1, groups=1, **kw) -> RepConv2d:
         return RepConv2d(cin, cout, k, stride, groups=groups, num_conv_branches=self.num_conv_branches,
@@ -180,7 +180,7 @@ class GhostNet(nn.Module):
                  linear_branches: bool = False, drop_rate: float = 0.2, stem_stride: int = 2, cfgs=None,
                  features_only: bool = False, out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
                  output_stride: int | None = None, global_pool: str = "avg", drop_path_rate: float = 0.0,
-                 rep_init: str = "reference"):
+                 rep_init: str = "scaled"):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
