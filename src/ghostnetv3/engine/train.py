@@ -74,9 +74,10 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
             from ghostnetv3.rep import repify
         except ImportError as e:
             raise UserError("--repify needs ghostnetv3.rep.repify, which this install lacks") from e
-        # rep_init reference, and any pretrained model, keep repify's function-preserving start (new
-        # branches silent): restarting a pretrained model's BNs would throw its training away
-        fresh = cfg.rep_init == "scaled" and not cfg.pretrained
+        # rep_init reference, and a model that starts from trained weights (pretrained or
+        # init_checkpoint), keep repify's function-preserving start (new branches silent):
+        # restarting its BNs would throw that training away
+        fresh = cfg.rep_init == "scaled" and not cfg.pretrained and not cfg.init_checkpoint
         model = repify(model, num_conv_branches=cfg.num_conv_branches or 3,
                        scale_branch=cfg.scale_branch is not False, identity_branch=cfg.identity_branch is not False,
                        rep_init="scaled" if fresh else "preserve")
