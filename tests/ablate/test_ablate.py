@@ -253,3 +253,53 @@ def test_teacher_trains_in_the_first_kd_run_while_runs_without_kd_go_on(tmp_path
     teacher = [e for e in events if e.startswith("teacher")]
     assert teacher == ["teacher start", "teacher done"] * 2  # kd2 asks too, only after kd1's: one at a time
     assert events.index("teacher done") < events.index("kd2-s0 trained")
+
+
+def test_a_diverged_run_is_recorded_at_its_last_good_checkpoint_not_retried(tmp_path, monkeypatch):
+    """A run whose loss became NaN is an outcome of its config: recorded with the score of its last
+    good checkpoint and marked in the report; a run that failed any other way stays a failure."""
+    from ghostnetv3.ablate import runner as runner_mod
+    from ghostnetv3.ablate.report import to_markdown
+
+    plan = load_plan(write_plan(tmp_path, seeds=2))
+    calls: list[str] = []
+
+    def fake_call(self, args, log_path, what):
+        calls.append(what)
+        run_dir = self.root / what
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if what == "rep2-s1":  # diverged in epoch 2, after epoch 1's checkpoint
+            (run_dir / "last.pt").write_bytes(b"x")
+            (run_dir / "metrics.jsonl").write_text(
+                json.dumps({"type": "epoch", "epoch": 1, "global_step": 2}) + "\n"
+                + json.dumps({"type": "diverged", "epoch": 2, "step": 1, "global_step": 3, "loss": float("nan"),
+                              "last_good_checkpoint": True}) + "\n")
+            raise runner_mod.RunFailed(f"{what} failed (exit 1): loss became nan")
+        if what == "plain-s1":  # a crash: no diverged record
+            raise runner_mod.RunFailed(f"{what} failed (exit 1): Killed")
+
+    scores = {"plain-s0": 60.0, "rep2-s0": 62.0, "rep2-s1": 10.0}
+    monkeypatch.setattr(runner_mod.Runner, "_call", fake_call)
+    monkeypatch.setattr(runner_mod, "score_run", lambda run_dir: {
+        "top1": scores[run_dir.name], "macro_f1": scores[run_dir.name], "balanced_acc": 50.0, "global_step": 2})
+    logs: list[str] = []
+    failures = runner_mod.Runner(plan, jobs=1, threads=1, log=logs.append).run()
+    assert len(failures) == 1 and "plain-s1" in failures[0]  # the crash stays a failure
+    res = json.loads((tmp_path / "runs" / "tiny" / "rep2-s1" / "ablation_result.json").read_text())
+    assert res["top1"] == 10.0 and res["diverged"] == {"epoch": 2, "step": 1, "global_step": 3, "loss": "nan"}
+    assert "[ablate] rep2-s1: diverged (loss nan at global step 3); scoring its last good checkpoint" in logs
+    assert not (tmp_path / "runs" / "tiny" / "plain-s1" / "ablation_result.json").exists()
+
+    # the report counts it and says so
+    results = runner_mod.Runner(plan, log=lambda *a: None).results()
+    from ghostnetv3.ablate.report import summarize
+    md = to_markdown(summarize(plan, results))
+    assert "| rep2 | 2 branches + EMA | plain | 2 (1 diverged) |" in md
+    assert "- rep2: s0: 62.00, s1: 10.00 (diverged)" in md
+    assert "- rep2 s1: loss nan at epoch 2 step 1 (global step 3); its last good checkpoint (global step 2): top-1 10.00" in md
+    json.dumps(summarize(plan, results), allow_nan=False)  # the committed report stays strict JSON
+
+    # run again: the diverged run is finished, only the crashed one is tried again
+    calls.clear()
+    runner_mod.Runner(plan, jobs=1, threads=1, log=lambda *a: None).run()
+    assert calls == ["plain-s1"]

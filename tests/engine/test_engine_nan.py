@@ -36,3 +36,22 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
     assert kept["global_step"] == 12  # the checkpoint-interval save before the bad step
     for sd in (kept["state_dict"], kept["state_dict_ema"]):
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+def test_nan_loss_leaves_a_diverged_record_that_resume_forgets(tmp_path, monkeypatch, tiny_sets):
+    """metrics.jsonl says where the run diverged (ablate records such a run instead of retrying it);
+    a resume from the last good checkpoint drops that line with the others written after it."""
+    import json
+
+    monkeypatch.setattr(engine, "build_model", lambda cfg, n, c: GoesNaN(c, n, bad_call=13))
+    cfg = tiny_config(tmp_path, epochs=3)
+    with pytest.raises(engine.NonFiniteLoss):
+        engine.train(cfg, train_set=tiny_sets[0], val_set=tiny_sets[1])
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    recs = [json.loads(line) for line in metrics.read_text().splitlines()]
+    diverged = [r for r in recs if r["type"] == "diverged"]
+    assert len(diverged) == 1 and recs[-1] is diverged[0]
+    assert (diverged[0]["epoch"], diverged[0]["step"], diverged[0]["global_step"]) == (2, 5, 13)
+    assert diverged[0]["last_good_checkpoint"] is True  # epoch 1's
+    engine.trim_metrics(metrics, 1, 0)  # what --resume from that checkpoint does
+    assert [r["type"] for r in map(json.loads, metrics.read_text().splitlines())].count("diverged") == 0

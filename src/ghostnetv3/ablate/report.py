@@ -166,7 +166,9 @@ def to_markdown(s: dict[str, Any]) -> str:
               "|" + "---|" * (5 + 2 * len(metrics))]
     for a in s["arms"]:
         wall = f"{a['wall_s_mean']:.0f}" if a.get("wall_s_mean") else "–"
-        lines.append(f"| {a['name']} | {a['desc']} | {a['ref'] or '–'} | {a['n']} | "
+        n_div = sum(1 for r in a["runs"] if r.get("diverged"))
+        n = f"{a['n']} ({n_div} diverged)" if n_div else str(a["n"])
+        lines.append(f"| {a['name']} | {a['desc']} | {a['ref'] or '–'} | {n} | "
                      + " | ".join(_fmt(a[m]) for m in metrics) + " | "
                      + " | ".join(_fmt_diff(a[m].get("diff_vs_ref")) for m in metrics) + f" | {wall} |")
     if s.get("claims"):
@@ -189,8 +191,18 @@ def to_markdown(s: dict[str, Any]) -> str:
             lines.append(f"| {e['arm']} | {e['diff']['n']} | {_fmt_diff(e['diff'])} | {e['verdict']} | {per} |")
     lines += ["", "Per-run scores (seed: " + LABELS[metrics[0]] + "):", ""]
     for a in s["arms"]:
-        runs = ", ".join(f"s{r['seed']}: {r[metrics[0]]:.2f}" for r in a["runs"]) or "–"
+        runs = ", ".join(f"s{r['seed']}: {r[metrics[0]]:.2f}" + (" (diverged)" if r.get("diverged") else "")
+                         for r in a["runs"]) or "–"
         lines.append(f"- {a['name']}: {runs}")
+    diverged = [(a["name"], r) for a in s["arms"] for r in a["runs"] if r.get("diverged")]
+    if diverged:
+        lines += ["", "Diverged runs (the loss became NaN/inf; each is scored at its last good checkpoint, "
+                  "which is what a user of that config is left with, and counts in the statistics above):", ""]
+        for name, r in diverged:
+            d = r["diverged"]
+            lines.append(f"- {name} s{r['seed']}: loss {d['loss']} at epoch {d['epoch']} step {d['step']} "
+                         f"(global step {d['global_step']}); its last good checkpoint (global step {r.get('global_step', '?')}): "
+                         f"{LABELS[metrics[0]]} {r[metrics[0]]:.2f}")
     return "\n".join(lines) + "\n"
 
 

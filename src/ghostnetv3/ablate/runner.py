@@ -65,11 +65,12 @@ def score_run(run_dir: Path) -> dict[str, Any]:
 
     last = run_dir / ckpt_io.LAST
     # the final EMA when there is one, whatever validation preferred: no selection on the validation set
-    has_ema = ckpt_io.load(last).get("state_dict_ema") is not None
+    state = ckpt_io.load(last)
+    has_ema = state.get("state_dict_ema") is not None
     r = evaluate_checkpoint(last, confusion=True, weights="ema" if has_ema else "raw")
     out = scores_from_confusion(r["fused"]["confusion"])
     out.update(raw_top1=r["raw"]["top1"], ema_top1=(r["ema"] or {}).get("top1"), scored=r["fused_from"],
-               fusion_max_diff=r["fusion_max_diff"], n_val=r["n"])
+               fusion_max_diff=r["fusion_max_diff"], n_val=r["n"], global_step=state.get("global_step"))
     last = None
     metrics = run_dir / "metrics.jsonl"
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
@@ -82,6 +83,23 @@ def score_run(run_dir: Path) -> dict[str, Any]:
     if last is not None:
         out.update(wall_s=last.get("elapsed_s"), train_img_s=last.get("train_img_s"), epochs=last["epoch"])
     return out
+
+
+def divergence(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The `diverged` record `ghostnetv3 train` leaves in metrics.jsonl when its loss became NaN/inf
+    (epoch, step, global_step, loss), or None."""
+    metrics = run_dir / "metrics.jsonl"
+    found = None
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("type") == "diverged":
+            # the loss as text: NaN/inf are not JSON, and the committed report should stay JSON
+            found = {"epoch": rec.get("epoch"), "step": rec.get("step"), "global_step": rec.get("global_step"),
+                     "loss": str(rec.get("loss"))}
+    return found
 
 
 class Runner:
@@ -266,14 +284,29 @@ class Runner:
             self.ensure_teacher()
         if arm.kd == "cached":
             self.ensure_cache(arm, seed)
-        self.log(f"[ablate] {run_name(arm.name, seed)}: training")
+        name = run_name(arm.name, seed)
+        self.log(f"[ablate] {name}: training")
         t0 = time.time()
-        self._train(cfg, run_dir, run_name(arm.name, seed))
+        diverged = None
+        try:
+            self._train(cfg, run_dir, name)
+        except RunFailed:
+            # a loss that became NaN/inf is an outcome of the arm's config, not a crash: the run is
+            # recorded with the score of its last good checkpoint (what a user of that config is left
+            # with), so the statistics count it and a rerun does not retry it forever
+            diverged = divergence(run_dir)
+            if diverged is None or not (run_dir / ckpt_io.LAST).exists():
+                raise
+            self.log(f"[ablate] {name}: diverged (loss {diverged['loss']} at global step "
+                     f"{diverged['global_step']}); scoring its last good checkpoint")
         res = dict(score_run(run_dir), config_hash=h, arm=arm.name, seed=seed,
                    harness_wall_s=round(time.time() - t0, 1))
+        if diverged is not None:
+            res["diverged"] = diverged
         _write_json(result_path, res)
-        self.log(f"[ablate] {run_name(arm.name, seed)}: top-1 {res['top1']:.2f} "
-                 f"(macro-F1 {res['macro_f1']:.2f}, balanced {res['balanced_acc']:.2f})")
+        self.log(f"[ablate] {name}: top-1 {res['top1']:.2f} "
+                 f"(macro-F1 {res['macro_f1']:.2f}, balanced {res['balanced_acc']:.2f})"
+                 + (" — diverged, last good checkpoint" if diverged else ""))
         if self.on_result is not None:
             with self._lock:
                 self.on_result()

@@ -276,7 +276,7 @@ def trim_metrics(path: Path, epoch: int, step: int) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-        if rec.get("type") == "epoch" and rec["epoch"] > epoch:
+        if rec.get("type") == "epoch" and rec["epoch"] > epoch or rec.get("type") == "diverged":
             continue
         if rec.get("type") == "step" and (rec["epoch"], rec["step"]) > (epoch + 1, step):
             continue
@@ -674,6 +674,10 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                         dist.all_reduce(flags)
                     if flags[0] > 0:
                         kept = run_dir / ckpt_io.LAST
+                        # on record, so a harness (ablate) can tell a diverged run from a crashed one
+                        log.write({"type": "diverged", "epoch": epoch + 1, "step": step + 1,
+                                   "global_step": global_step + 1, "loss": flags[3].item(),
+                                   "last_good_checkpoint": kept.exists()})
                         raise NonFiniteLoss(
                             f"loss became {flags[3].item():g} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
                             f"(global step {global_step + 1}); stopped before updating the weights. "
