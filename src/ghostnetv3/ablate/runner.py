@@ -71,23 +71,14 @@ def score_run(run_dir: Path) -> dict[str, Any]:
     out = scores_from_confusion(r["fused"]["confusion"])
     out.update(raw_top1=r["raw"]["top1"], ema_top1=(r["ema"] or {}).get("top1"), scored=r["fused_from"],
                fusion_max_diff=r["fusion_max_diff"], n_val=r["n"], global_step=state.get("global_step"))
-    last = None
-    metrics = run_dir / "metrics.jsonl"
-    for line in metrics.read_text().splitlines() if metrics.exists() else []:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("type") == "epoch":
-            last = rec
+    last = _last_record(run_dir, "epoch")
     if last is not None:
         out.update(wall_s=last.get("elapsed_s"), train_img_s=last.get("train_img_s"), epochs=last["epoch"])
     return out
 
 
-def divergence(run_dir: Path) -> Optional[dict[str, Any]]:
-    """The `diverged` record `ghostnetv3 train` leaves in metrics.jsonl when its loss became NaN/inf
-    (epoch, step, global_step, loss), or None."""
+def _last_record(run_dir: Path, kind: str) -> Optional[dict[str, Any]]:
+    """The last metrics.jsonl record of type `kind` (a line cut short by a kill is skipped), or None."""
     metrics = run_dir / "metrics.jsonl"
     found = None
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
@@ -95,11 +86,20 @@ def divergence(run_dir: Path) -> Optional[dict[str, Any]]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if rec.get("type") == "diverged":
-            # the loss as text: NaN/inf are not JSON, and the committed report should stay JSON
-            found = {"epoch": rec.get("epoch"), "step": rec.get("step"), "global_step": rec.get("global_step"),
-                     "loss": str(rec.get("loss"))}
+        if rec.get("type") == kind:
+            found = rec
     return found
+
+
+def divergence(run_dir: Path) -> Optional[dict[str, Any]]:
+    """Where `ghostnetv3 train` recorded that its loss became NaN/inf (epoch, step, global_step,
+    loss), or None."""
+    rec = _last_record(run_dir, "diverged")
+    if rec is None:
+        return None
+    # the loss as text: NaN/inf are not JSON, and the committed report should stay JSON
+    return {"epoch": rec.get("epoch"), "step": rec.get("step"), "global_step": rec.get("global_step"),
+            "loss": str(rec.get("loss"))}
 
 
 class Runner:
