@@ -276,7 +276,7 @@ def trim_metrics(path: Path, epoch: int, step: int) -> None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
-        if rec.get("type") == "epoch" and rec["epoch"] > epoch or rec.get("type") == "diverged":
+        if rec.get("type") == "diverged" or (rec.get("type") == "epoch" and rec["epoch"] > epoch):
             continue
         if rec.get("type") == "step" and (rec["epoch"], rec["step"]) > (epoch + 1, step):
             continue
@@ -674,12 +674,13 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                         dist.all_reduce(flags)
                     if flags[0] > 0:
                         kept = run_dir / ckpt_io.LAST
+                        bad_loss = flags[3].item()
                         # on record, so a harness (ablate) can tell a diverged run from a crashed one
                         log.write({"type": "diverged", "epoch": epoch + 1, "step": step + 1,
-                                   "global_step": global_step + 1, "loss": flags[3].item(),
+                                   "global_step": global_step + 1, "loss": bad_loss,
                                    "last_good_checkpoint": kept.exists()})
                         raise NonFiniteLoss(
-                            f"loss became {flags[3].item():g} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
+                            f"loss became {bad_loss:g} at epoch {epoch + 1} step {step + 1}/{steps_per_epoch} "
                             f"(global step {global_step + 1}); stopped before updating the weights. "
                             + (f"last good checkpoint: {kept}. " if kept.exists() else "no checkpoint saved yet. ")
                             + "try a lower --lr, --clip-grad 1.0, or --amp none")
