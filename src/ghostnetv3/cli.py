@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from ghostnetv3.engine.cli import check_threads
 from ghostnetv3.errors import UserError
 
 # (module, attribute) pairs: each module exposes `add_parser(subparsers)` which sets `func`.
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_threads(getattr(args, "threads", None))  # every command's --threads: a positive count
         rc = args.func(args)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         # Errors raised on purpose (bad flags, broken files, full disks): one clear line, no traceback.

@@ -1,23 +1,67 @@
 """`ghostnetv3 predict SOURCE IMAGE... [--topk 5]`: class scores of images, from a run, a checkpoint,
-a model name or an exported ONNX file.
+a model name or an exported file (.onnx, .tflite, .pte, .xml).
 
 A run or checkpoint is fused first (the model `export` writes: same --weights/--checkpoint rule as
-`eval`); images go through the data layer's own load-time resize and eval transform, so a picture
-scores as the validation images did.
+`eval`); images go through the data layer's own load-time resize and eval transform, each converted
+to the model's channels (gray or colour) as training converts them, so a picture scores as the
+validation images did. An exported file is fed as the input contract it carries says (size,
+channels, mean/std, crop), and run in its own runtime. IMAGE may be a file, a folder (its images,
+recursively) or a quoted glob pattern.
 """
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ghostnetv3.data import AugConfig, BatchAugment
-from ghostnetv3.data.datasets import IMG_EXTENSIONS, _decode_image, _short_side_center_crop, _to_chw
+from ghostnetv3.data.datasets import IMG_EXTENSIONS, _decode_image, _short_side_center_crop, _to_chw, shown
+from ghostnetv3.deploy.contract import read_input_contract
+from ghostnetv3.deploy.edge import EDGE_FORMATS, edge_runner
+from ghostnetv3.deploy.export import onnx_session
+from ghostnetv3.deploy.load import load_for_deploy
+from ghostnetv3.deploy.prepare import to_deploy_form
+from ghostnetv3.deploy.steps import quiet_output
+from ghostnetv3.models.weights import add_weights_flags
 
-__all__ = ["predict", "format_predictions", "add_parser"]
+__all__ = ["predict", "format_predictions", "add_parser", "expand_images", "load_images", "EXPORTED_SUFFIXES"]
+
+# exported files predict runs in their own runtime: suffix -> format
+EXPORTED_SUFFIXES = {".onnx": "onnx", **{suffix: fmt for fmt, suffix in EDGE_FORMATS.items()}}
+_CHUNK = 64  # images decoded and scored at a time: a folder of thousands never sits in memory at once
+
+
+# ---- images -------------------------------------------------------------------------------------
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+
+
+def expand_images(items: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders as their images (recursively, sorted); glob patterns (quoted, so the
+    shell left them) as the images they match. Each file once, in the order given."""
+    out: dict[Path, None] = {}
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = _images_in(p)
+            if not found:
+                raise ValueError(f"folder {shown(p)} has no images ({', '.join(IMG_EXTENSIONS)})")
+        elif p.is_file():
+            found = [p]
+        elif glob.has_magic(str(item)):
+            found = [f for m in sorted(glob.glob(str(item), recursive=True))
+                     for f in (_images_in(Path(m)) if Path(m).is_dir() else [Path(m)])
+                     if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS]
+            if not found:
+                raise FileNotFoundError(f"no image matches {shown(str(item))} ({', '.join(IMG_EXTENSIONS)})")
+        else:
+            raise FileNotFoundError(f"no such image: {shown(p)}")
+        out.update(dict.fromkeys(found))
+    return list(out)
 
 
 def _aug(cfg: dict[str, Any]) -> BatchAugment:
@@ -27,47 +71,122 @@ def _aug(cfg: dict[str, Any]) -> BatchAugment:
                                   **kw))
 
 
-def load_images(paths: Sequence[str | Path], cfg: dict[str, Any]) -> torch.Tensor:
-    """NCHW float batch: decoded, resized at load (short side, centre crop) and eval-transformed."""
-    size = int(cfg["img_size"])
-    tensors = []
+def _model_channels(cfg: dict[str, Any]) -> int:
+    c = int(cfg["in_chans"])
+    if c not in (1, 3):
+        raise ValueError(f"the model takes {c}-channel input; predict reads images as gray (1) or colour (3)")
+    return c
+
+
+def _read_one(path: Path, channels: int, size: int) -> torch.Tensor | Exception:
+    """uint8 CHW at the model's channels and size, or the reason it cannot be read. A colour file for
+    a gray model becomes luma, a gray file for a colour model is replicated: as training reads a set."""
+    a = _decode_image(path)
+    if isinstance(a, Exception):
+        return a
+    return _short_side_center_crop(_to_chw(a, channels), size)
+
+
+def _decoded(paths: Sequence[Path], cfg: dict[str, Any], on_bad_image: str,
+             skipped: list[dict[str, str]]) -> tuple[list[Path], list[torch.Tensor]]:
+    channels, size = _model_channels(cfg), int(cfg["img_size"])
+    kept, tensors = [], []
     for p in paths:
-        p = Path(p)
+        t = _read_one(p, channels, size)
+        if isinstance(t, Exception):
+            why = f"{type(t).__name__}: {t}"
+            if on_bad_image == "fail":
+                reads = "" if p.suffix.lower() in IMG_EXTENSIONS else f"; predict reads {', '.join(IMG_EXTENSIONS)}"
+                raise ValueError(f"cannot read image {shown(p)} ({why}){reads}; fix or delete it, or pass "
+                                 f"--on-bad-image skip")
+            skipped.append({"image": shown(p), "error": why})
+            continue
+        kept.append(p)
+        tensors.append(t)
+    return kept, tensors
+
+
+def load_images(paths: Sequence[str | Path], cfg: dict[str, Any]) -> torch.Tensor:
+    """NCHW float batch: decoded, converted to the model's channels, resized at load (short side,
+    centre crop) and eval-transformed."""
+    files = [Path(p) for p in paths]
+    for p in files:
         if not p.is_file():
-            raise FileNotFoundError(f"no such image: {p}")
-        a = _decode_image(p)
-        if isinstance(a, Exception):
-            raise ValueError(f"cannot read image {p} ({type(a).__name__}: {a}); "
-                             f"predict reads {', '.join(IMG_EXTENSIONS)}")
-        t = _to_chw(a, 1 if a.ndim == 2 and int(cfg["in_chans"]) == 1 else 3)
-        tensors.append(_short_side_center_crop(t, size))
+            raise FileNotFoundError(f"no such image: {shown(p)}")
+    _, tensors = _decoded(files, cfg, "fail", [])
     u8 = torch.stack(tensors)
     return _aug(cfg)(u8, torch.arange(len(u8)), 0)
 
 
-def _load_source(source: str, weights: Optional[str], checkpoint: Optional[str]):
-    """(callable images -> logits, cfg) for RUN_DIR | CHECKPOINT | MODEL_NAME | FILE.onnx."""
-    if str(source).endswith(".onnx"):
-        from ghostnetv3.deploy.export import onnx_session, read_metadata
-        if weights or checkpoint:
-            raise ValueError(f"{source} is an exported file: its weights were chosen at export; "
-                             f"drop --weights/--checkpoint")
-        cfg = read_metadata(source)
-        if not cfg.get("img_size") or not cfg.get("in_chans"):
-            raise ValueError(f"{source}: input size unknown (not exported by ghostnetv3 and dynamic); "
-                             f"export it with `ghostnetv3 export`")
-        sess = onnx_session(source)
-        name = sess.get_inputs()[0].name
-        static_batch = sess.get_inputs()[0].shape[0]
+def _batches(paths: Sequence[Path], cfg: dict[str, Any], on_bad_image: str,
+             skipped: list[dict[str, str]]) -> Iterator[tuple[list[Path], torch.Tensor]]:
+    aug = _aug(cfg)
+    for i in range(0, len(paths), _CHUNK):
+        kept, tensors = _decoded(paths[i:i + _CHUNK], cfg, on_bad_image, skipped)
+        if kept:
+            u8 = torch.stack(tensors)
+            yield kept, aug(u8, torch.arange(len(u8)), 0)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            xs = [x] if not isinstance(static_batch, int) else list(x.split(static_batch))
-            return torch.from_numpy(np.concatenate([sess.run(None, {name: b.numpy()})[0] for b in xs]))
-        cfg["weights_from"] = f"exported file ({cfg.get('weights', '?')} weights)"
-        return run, cfg
-    from ghostnetv3.deploy.load import load_for_deploy
-    from ghostnetv3.deploy.prepare import to_deploy_form
-    model, cfg = load_for_deploy(source, weights=weights, checkpoint=checkpoint)
+
+# ---- sources ------------------------------------------------------------------------------------
+def _fixed_batch(run_batch: Callable[[np.ndarray], np.ndarray], batch: Optional[int]) -> Callable:
+    """images -> logits through a file with a fixed batch: split, and the last part padded."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if not batch:
+            return torch.from_numpy(np.asarray(run_batch(x.numpy())))
+        outs = []
+        for part in x.split(batch):
+            n = part.shape[0]
+            if n < batch:
+                part = torch.cat([part, part.new_zeros(batch - n, *part.shape[1:])])
+            outs.append(np.asarray(run_batch(np.ascontiguousarray(part.numpy())))[:n])
+        return torch.from_numpy(np.concatenate(outs))
+    return run
+
+
+def _exported_runner(source: str, fmt: str, cfg: dict[str, Any]) -> Callable:
+    if fmt == "onnx":
+        sess = onnx_session(source)
+        name, first = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[0]
+        return _fixed_batch(lambda x: sess.run(None, {name: x})[0], first if isinstance(first, int) else None)
+    with quiet_output():  # the runtimes' own lines (XNNPACK delegate, cpuinfo) are not the user's
+        run_edge = edge_runner(source, fmt)
+
+    def run_quietly(x: np.ndarray) -> np.ndarray:
+        with quiet_output():
+            return run_edge(x)
+    shape = cfg.get("input_shape") or [1]
+    return _fixed_batch(run_quietly, int(shape[0]))
+
+
+def _load_exported(source: str, fmt: str, arch: dict[str, Any], weights: Optional[str],
+                   checkpoint: Optional[str]) -> tuple[Callable, dict[str, Any]]:
+    if weights or checkpoint:
+        raise ValueError(f"{source} is an exported file: its weights were chosen at export; "
+                         f"drop --weights/--checkpoint")
+    fixed = [flag for flag, key in (("--model", "model"), ("--num-classes", "num_classes")) if arch.get(key)]
+    if fixed:
+        raise ValueError(f"{source} is an exported file: its architecture was fixed at export; "
+                         f"drop {' and '.join(fixed)}")
+    try:  # size and channels from the file, else its fixed input shape, else --in-chans/--img-size
+        cfg = read_input_contract(source, arch.get("in_chans"), arch.get("img_size"))
+    except ValueError as e:
+        raise ValueError(f"{e} (predict: --in-chans C --img-size N)") from None
+    run = _exported_runner(source, fmt, cfg)
+    cfg.setdefault("model", Path(source).name)
+    cfg["weights_from"] = f"exported {fmt} file ({cfg.get('weights', '?')} weights)"
+    return run, cfg
+
+
+def _load_source(source: str, weights: Optional[str], checkpoint: Optional[str],
+                 arch: Optional[dict[str, Any]] = None) -> tuple[Callable, dict[str, Any]]:
+    """(callable images -> logits, cfg) for RUN_DIR | CHECKPOINT | MODEL_NAME | exported FILE.
+    `arch`: model, num_classes, in_chans, img_size given on the command line (None: unset)."""
+    arch = {k: v for k, v in (arch or {}).items() if v is not None}
+    fmt = EXPORTED_SUFFIXES.get(Path(source).suffix.lower())
+    if fmt:
+        return _load_exported(source, fmt, arch, weights, checkpoint)
+    model, cfg = load_for_deploy(source, weights=weights, checkpoint=checkpoint, **arch)
     fused, _ = to_deploy_form(model, log=lambda m: None)
     fused.eval()
     if cfg.get("weights") == "random":
@@ -79,24 +198,41 @@ def _load_source(source: str, weights: Optional[str], checkpoint: Optional[str])
     return run, cfg
 
 
+# ---- predict ------------------------------------------------------------------------------------
+def _top(probs: torch.Tensor, paths: Sequence[Path], topk: int, classes) -> list[dict[str, Any]]:
+    p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
+    return [{"image": shown(path), "top": [
+        {"class": classes[i] if classes and i < len(classes) else str(i), "index": i, "prob": q}
+        for q, i in zip(pi, ii)]} for path, pi, ii in zip(paths, p.tolist(), idx.tolist())]
+
+
 def predict(source: str, images: Sequence[str | Path], *, topk: int = 5, weights: Optional[str] = None,
-            checkpoint: Optional[str] = None) -> dict[str, Any]:
-    """{model, weights, images: [{image, top: [{class, index, prob}]}]}."""
+            checkpoint: Optional[str] = None, model: Optional[str] = None, num_classes: Optional[int] = None,
+            in_chans: Optional[int] = None, img_size: Optional[int] = None,
+            on_bad_image: str = "fail") -> dict[str, Any]:
+    """{model, source, weights, input, images: [{image, top: [{class, index, prob}]}], skipped}.
+    images: files, folders or glob patterns. on_bad_image: "fail" stops at an unreadable image,
+    naming it; "skip" leaves it out and lists it under `skipped`."""
     if topk < 1:
         raise ValueError(f"--topk must be at least 1, got {topk}")
-    run, cfg = _load_source(str(source), weights, checkpoint)
-    x = load_images(images, cfg)
-    probs = run(x).float().softmax(dim=1)
-    classes = cfg.get("classes")
-    k = min(topk, probs.shape[1])
-    p, idx = probs.topk(k, dim=1)
-    out = []
-    for path, pi, ii in zip(images, p.tolist(), idx.tolist()):
-        out.append({"image": str(path), "top": [
-            {"class": classes[i] if classes and i < len(classes) else str(i), "index": i, "prob": q}
-            for q, i in zip(pi, ii)]})
+    if on_bad_image not in ("fail", "skip"):
+        raise ValueError(f"--on-bad-image {on_bad_image!r}: use fail or skip")
+    arch = {"model": model, "num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+    for key in ("num_classes", "in_chans", "img_size"):
+        if arch[key] is not None and arch[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {arch[key]}")
+    paths = expand_images(images)
+    run, cfg = _load_source(str(source), weights, checkpoint, arch)
+    out: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for kept, x in _batches(paths, cfg, on_bad_image, skipped):
+        out += _top(run(x).float().softmax(dim=1), kept, topk, cfg.get("classes"))
+    if not out:
+        raise ValueError(f"no readable image among the {len(paths)} given (e.g. {skipped[0]['image']}: "
+                         f"{skipped[0]['error']})")
     return {"model": cfg["model"], "source": str(source), "weights": cfg.get("weights_from"),
-            "input": [int(cfg["in_chans"]), int(cfg["img_size"]), int(cfg["img_size"])], "images": out}
+            "input": [int(cfg["in_chans"]), int(cfg["img_size"]), int(cfg["img_size"])], "images": out,
+            "skipped": skipped}
 
 
 def format_predictions(r: dict[str, Any]) -> str:
@@ -105,24 +241,43 @@ def format_predictions(r: dict[str, Any]) -> str:
         lines.append(item["image"])
         for t in item["top"]:
             lines.append(f"  {100 * t['prob']:6.2f}%  {t['class']}")
+    for s in r.get("skipped", []):
+        lines.append(f"skipped {s['image']} ({s['error']})")
     return "\n".join(lines)
 
 
 def _cmd(args) -> int:
-    r = predict(args.source, args.images, topk=args.topk, weights=args.weights, checkpoint=args.run_checkpoint)
+    from ghostnetv3.engine.cli import apply_threads
+    apply_threads(args.threads)
+    r = predict(args.source, args.images, topk=args.topk, weights=args.weights, checkpoint=args.run_checkpoint,
+                model=args.model, num_classes=args.num_classes, in_chans=args.in_chans, img_size=args.img_size,
+                on_bad_image=args.on_bad_image)
     print(json.dumps(r) if args.json else format_predictions(r))
     return 0
 
 
 def add_parser(subparsers) -> None:
-    from ghostnetv3.models.weights import add_weights_flags
     p = subparsers.add_parser(
-        "predict", help="top-k classes of images from a run, checkpoint, model name or exported .onnx",
-        description="Classify images with the fused model `export` writes (or an exported ONNX file). "
+        "predict", help="top-k classes of images from a run, checkpoint, model name or exported file",
+        description="Classify images with the fused model `export` writes, or with an exported file "
+                    "(.onnx, .tflite, .pte, .xml) run in its own runtime and fed as the file says. "
                     "Class names come from the run (and from files exported by `ghostnetv3 export`).")
-    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL|FILE.onnx")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL|FILE.onnx|.tflite|.pte|.xml")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files, folders (their images, recursively) or quoted glob patterns")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default: 5)")
     add_weights_flags(p)
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="architecture of a checkpoint saved without its config (e.g. ghostnetv3_100)")
+    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="classes of such a checkpoint (default: read from its head)")
+    p.add_argument("--in-chans", type=int, default=None, metavar="N",
+                   help="input channels, 1 or 3 (default: the run's, else read from the weights)")
+    p.add_argument("--img-size", type=int, default=None, metavar="N",
+                   help="input side in pixels (default: the run's or the exported file's, else 224)")
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+                   help="an unreadable image: fail naming it (default), or skip it and list it")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from ghostnetv3.engine.cli import add_threads_flag
+    add_threads_flag(p)
     p.set_defaults(func=_cmd)

@@ -27,6 +27,8 @@ def _why_unreadable(path: Path, e: BaseException) -> str:
     size = path.stat().st_size if path.exists() else 0
     if size == 0:
         return "it is empty (0 bytes): a save or copy was cut off"
+    if path.name.endswith(".safetensors"):
+        return _why_safetensors_unreadable(size, e)
     with open(path, "rb") as f:
         head = f.read(2)
     if head not in (b"PK", b"\x80\x02"):  # a zip (torch >= 1.6) or a legacy pickle-protocol-2 file
@@ -38,6 +40,14 @@ def _why_unreadable(path: Path, e: BaseException) -> str:
     if "central directory" in text or "zip archive" in text or isinstance(e, EOFError):
         return f"it is truncated or damaged ({size} bytes)"
     return f"{type(e).__name__}: {text.splitlines()[0][:160] if text else 'unreadable'}"
+
+
+def _why_safetensors_unreadable(size: int, e: BaseException) -> str:
+    """safetensors says 'Error while deserializing header: <why>'; keep the why, in our words."""
+    why = str(e).splitlines()[0].split("header:", 1)[-1].strip() if str(e) else type(e).__name__
+    if "incomplete" in why or "too small" in why:
+        return f"it is truncated ({size} bytes; safetensors: {why})"
+    return f"it is not a valid safetensors file ({size} bytes; safetensors: {why})"
 
 
 def read(path: str | os.PathLike) -> Any:

@@ -75,9 +75,10 @@ def test_eval_validation_set_the_runs_or_all_of_it(tiny_run):
     run_dir, _ = tiny_run
     r = cli("eval", run_dir, "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "(48 images: the run's 48-image validation subset; --val-subset all scores the whole split)" in r.stdout
+    assert (", the run's own validation set: 48 of 10000 images of the validation split (seeded subset: seed 4, "
+            "the run's --seed 3 + 1); --val-subset all scores the whole split") in r.stdout
     full = _eval(run_dir, "--val-subset", "all")
-    assert full["n"] == 10000 and full["val_set"] == "the whole validation split"
+    assert full["n"] == 10000 and full["val_set"] == "all 10000 images of the validation split"
     assert _eval(run_dir, "--val-subset", "0")["n"] == 10000
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ghostnetv3
-from ghostnetv3.deploy.count import count_params_macs
+from ghostnetv3.rep.count import count_params_macs
 from ghostnetv3.rep import RepConv2d, has_branches, reparameterize, verify_fusion
 from tests.conftest import randomize_bn_stats
 

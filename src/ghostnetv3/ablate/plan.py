@@ -13,8 +13,15 @@
     arms:
       - {name: plain, desc: "...", set: {num_conv_branches: 1, ...}}
       - {name: rep3, ref: plain, set: {...}, kd: online | cached}
+    claims:                             # the paper's statements, each a paired difference arm - ref
+      - {claim: "re-param helps", arm: rep3, ref: plain, expect: higher,
+         ingredient: re-param, variant: "gamma = 1"}   # optional: a point of the budget chart
 
 Every arm x seed is an ordinary `ghostnetv3 train` run of `recipe` + `common` + the arm's `set`.
+A relative `recipe` is looked up beside the plan file first, then in the working directory, then
+among the shipped recipes. A claim's `ingredient` (one of INGREDIENTS) puts its difference on the
+budget chart (`ghostnetv3 ablate --budget-chart`), one line per ingredient and `variant`; neither
+key enters a run's config.
 """
 from __future__ import annotations
 
@@ -26,12 +33,15 @@ from typing import Any, Optional
 
 import yaml
 
-from ghostnetv3.engine.config import TrainConfig, check_keys, load_config, normalize_key
+from ghostnetv3.engine.config import TrainConfig, check_keys, find_recipe, load_config, normalize_key
 
 METRICS = ("top1", "macro_f1", "balanced_acc")
+# the ingredients of the budget chart, in its order: tag -> what a reader sees
+INGREDIENTS = {"no-mixup-cutmix": "no Mixup/CutMix (paper recipe)", "re-param": "re-parameterization branches",
+               "ema": "EMA", "kd": "KD (distillation)", "linear-branches": "linear branches (re-param)"}
 _PLAN_KEYS = {"name", "recipe", "common", "seeds", "metrics", "teacher", "arms", "output", "results_dir",
               "description", "claims"}
-_CLAIM_KEYS = {"claim", "arm", "ref", "expect", "margin"}
+_CLAIM_KEYS = {"claim", "arm", "ref", "expect", "margin", "ingredient", "variant"}
 _ARM_KEYS = {"name", "desc", "ref", "set", "kd"}
 _TEACHER_KEYS = {"export", "recipe", "set", "input_size", "views"}
 
@@ -54,6 +64,8 @@ class Claim:
     ref: str
     expect: str = "higher"
     margin: float = 1.0  # expect: same — the interval must lie within ±margin (metric points)
+    ingredient: Optional[str] = None  # a key of INGREDIENTS: this difference is a point of the budget chart
+    variant: str = ""  # tells apart two measures of one ingredient (e.g. the branches' init)
 
 
 @dataclasses.dataclass
@@ -70,6 +82,7 @@ class Plan:
     description: str = ""
     source: str = ""
     claims: list[Claim] = dataclasses.field(default_factory=list)
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # a quick look's budget overrides
 
     @property
     def run_root(self) -> Path:
@@ -112,7 +125,8 @@ def with_budget(plan: Plan, overrides: dict[str, Any]) -> Plan:
         if reserved in overrides:
             raise ValueError(f"'{reserved}' is set by the harness; it cannot be overridden")
     tag = "-".join(f"{k.replace('_', '')}{v}" for k, v in sorted(overrides.items()))
-    new = dataclasses.replace(plan, common={**plan.common, **overrides}, name=f"{plan.name}-{tag}")
+    new = dataclasses.replace(plan, common={**plan.common, **overrides}, name=f"{plan.name}-{tag}",
+                              overrides={**plan.overrides, **overrides})
     for a in new.arms:
         new.config(a, 0)
     return new
@@ -124,7 +138,8 @@ def run_name(arm: str, seed: int) -> str:
 
 # Defaults as they were when runs were first recorded, for keys whose default changed since: a run
 # keeps its hash (and its recorded result) across the change. rep_init became "scaled" on 2026-12-07.
-HASH_DEFAULTS = {"rep_init": "reference"}
+# batch_size became None (auto: 128, smaller on small data) on 2026-12-07.
+HASH_DEFAULTS = {"rep_init": "reference", "batch_size": 128}
 
 
 def config_hash(cfg: TrainConfig) -> str:
@@ -134,6 +149,8 @@ def config_hash(cfg: TrainConfig) -> str:
     d = {k: v for k, v in cfg.to_dict().items()
          if v != defaults.get(k) and k not in ("resume", "output", "experiment", "log_interval",
                                                 "checkpoint_interval", "workers", "device")}
+    if d.get("output_stride") == 16 * (cfg.stem_stride or 2):  # the layout every run had before the knob
+        del d["output_stride"]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -168,6 +185,42 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def resolve_recipe(plan_path: Path, recipe: Optional[str]) -> Optional[str]:
+    """A plan's `recipe`: beside the plan file first; then, as before, the working directory (so the
+    shipped plans, which name `recipes/NAME.yaml` from the clone's root, resolve as they always did);
+    then a shipped recipe of that name."""
+    if recipe is None:
+        return None
+    beside = plan_path.parent / recipe
+    if not Path(recipe).is_absolute() and beside.is_file():
+        return str(beside)
+    if Path(recipe).is_file():
+        return str(recipe)
+    try:
+        return str(find_recipe(recipe))
+    except (FileNotFoundError, ValueError):
+        raise FileNotFoundError(f"{plan_path}: recipe not found: {recipe} (looked beside the plan, in the "
+                                f"working directory and among the shipped recipes)") from None
+
+
+def _claim(c: Any, i: int, arms: list[Arm], p: Path) -> Claim:
+    c = _check_mapping(c, _CLAIM_KEYS, f"{p} claim {i + 1}")
+    names = [a.name for a in arms]
+    arm = c.get("arm")
+    ref = c.get("ref") or next((a.ref for a in arms if a.name == arm), None)
+    for which, name in (("arm", arm), ("ref", ref)):
+        if name not in names:
+            raise ValueError(f"{p}: claim {i + 1}: {which} {name!r} is not an arm of this plan")
+    if c.get("expect", "higher") not in ("higher", "lower", "same"):
+        raise ValueError(f"{p}: claim {i + 1}: expect must be higher, lower or same")
+    ingredient = c.get("ingredient")
+    if ingredient is not None and ingredient not in INGREDIENTS:
+        raise ValueError(f"{p}: claim {i + 1}: ingredient {ingredient!r} is not one of the budget chart's: "
+                         f"{', '.join(INGREDIENTS)}")
+    return Claim(claim=str(c.get("claim", "")), arm=arm, ref=ref, expect=c.get("expect", "higher"),
+                 margin=float(c.get("margin", 1.0)), ingredient=ingredient, variant=str(c.get("variant") or ""))
+
+
 def load_plan(path: str | Path, *, seeds: Optional[int] = None, output: Optional[str] = None,
               results_dir: Optional[str] = None) -> Plan:
     p = Path(path)
@@ -181,9 +234,7 @@ def load_plan(path: str | Path, *, seeds: Optional[int] = None, output: Optional
     for key in ("name", "arms"):
         if key not in raw:
             raise ValueError(f"{p}: missing '{key}'")
-    recipe = raw.get("recipe")
-    if recipe is not None and not Path(recipe).is_file():
-        raise FileNotFoundError(f"{p}: recipe not found: {recipe}")
+    recipe = resolve_recipe(p, raw.get("recipe"))
     common = _train_keys(raw.get("common"), f"{p} common")
     for reserved in ("seed", "output", "experiment", "resume"):
         if reserved in common:
@@ -218,21 +269,11 @@ def load_plan(path: str | Path, *, seeds: Optional[int] = None, output: Optional
     if teacher is not None:
         teacher = dict(_check_mapping(teacher, _TEACHER_KEYS, f"{p} teacher"))
         teacher["set"] = _train_keys(teacher.get("set"), f"{p} teacher set")
+        teacher["recipe"] = resolve_recipe(p, teacher.get("recipe"))
         teacher.setdefault("views", 3)
     if any(a.kd for a in arms) and teacher is None:
         raise ValueError(f"{p}: arms with kd need a teacher section")
-    claims = []
-    for i, c in enumerate(raw.get("claims") or []):
-        c = _check_mapping(c, _CLAIM_KEYS, f"{p} claim {i + 1}")
-        arm = c.get("arm")
-        ref = c.get("ref") or next((a.ref for a in arms if a.name == arm), None)
-        for which, name in (("arm", arm), ("ref", ref)):
-            if name not in names:
-                raise ValueError(f"{p}: claim {i + 1}: {which} {name!r} is not an arm of this plan")
-        if c.get("expect", "higher") not in ("higher", "lower", "same"):
-            raise ValueError(f"{p}: claim {i + 1}: expect must be higher, lower or same")
-        claims.append(Claim(claim=str(c.get("claim", "")), arm=arm, ref=ref, expect=c.get("expect", "higher"),
-                            margin=float(c.get("margin", 1.0))))
+    claims = [_claim(c, i, arms, p) for i, c in enumerate(raw.get("claims") or [])]
     plan = Plan(name=str(raw["name"]), recipe=recipe, common=common, arms=arms,
                 seeds=int(seeds if seeds is not None else raw.get("seeds", 3)), metrics=metrics, teacher=teacher,
                 output=output or raw.get("output", "runs/ablation"),

@@ -1,8 +1,9 @@
 """The ablation report: mean ± std per arm, the paired difference to the reference arm with a 95%
 confidence interval (Student t over seeds: arm and reference share each seed's data subset and
-initialisation seed), a bar plot with error bars; written as Markdown, JSON and PNG."""
+initialisation seed), a forest plot of the claims; written as Markdown, JSON and PNG."""
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -12,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .plan import Plan
+from . import charts
+from .plan import Arm, Plan
 
 # two-sided 95% Student t quantiles t(0.975, df), df = 1..30 (standard table values)
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -64,9 +66,38 @@ def verdict(diff: dict[str, Any], expect: str, margin: float = 1.0) -> str:
     return "inconclusive (interval contains 0)"
 
 
+def steps_per_run(plan: Plan, arm: Arm, runs: list[dict[str, Any]]) -> tuple[Optional[int], str]:
+    """Optimizer steps per run of an arm, and where the number comes from: the global step its runs
+    recorded (the most common among those that did not diverge), else its budget as the engine trains
+    it (drop_last: train_subset // batch_size full batches per epoch); (None, why) when neither says."""
+    recorded = [r["global_step"] for r in runs if r.get("global_step") and not r.get("diverged")]
+    if recorded:
+        return collections.Counter(recorded).most_common(1)[0][0], "recorded by the runs"
+    cfg = plan.config(arm, 0)
+    if cfg.train_subset and cfg.batch_size and cfg.epochs:
+        return (cfg.train_subset // cfg.batch_size) * cfg.epochs, \
+            f"the budget: {cfg.train_subset} images // batch {cfg.batch_size} × {cfg.epochs} epochs"
+    return None, "not recorded by the runs, and the budget does not fix the number of training images"
+
+
+def _claims(plan: Plan, by_arm: dict[str, list[dict]], steps: dict[str, tuple]) -> list[dict[str, Any]]:
+    claims = []
+    for c in plan.claims:
+        entry = {"claim": c.claim, "arm": c.arm, "ref": c.ref, "expect": c.expect, "margin": c.margin,
+                 "ingredient": c.ingredient, "variant": c.variant, "steps": steps[c.arm][0],
+                 "steps_from": steps[c.arm][1]}
+        for m in plan.metrics:
+            d = paired_diff({r["seed"]: r[m] for r in by_arm.get(c.arm, [])},
+                            {r["seed"]: r[m] for r in by_arm.get(c.ref, [])})
+            entry[m] = {"diff": d, "verdict": verdict(d, c.expect, c.margin)}
+        claims.append(entry)
+    return claims
+
+
 def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
     arms_out = []
     by_arm = results["arms"]
+    steps: dict[str, tuple[Optional[int], str]] = {}
     for arm in plan.arms:
         runs = sorted(by_arm.get(arm.name, []), key=lambda r: r["seed"])
         entry: dict[str, Any] = {"name": arm.name, "desc": arm.desc, "ref": arm.ref, "kd": arm.kd,
@@ -79,15 +110,9 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
                                                       {r["seed"]: r[m] for r in ref_runs})
         walls = [r["wall_s"] for r in runs if r.get("wall_s")]
         entry["wall_s_mean"] = statistics.fmean(walls) if walls else None
+        entry["steps"], entry["steps_from"] = steps[arm.name] = steps_per_run(plan, arm, runs)
         arms_out.append(entry)
-    claims = []
-    for c in plan.claims:
-        entry = {"claim": c.claim, "arm": c.arm, "ref": c.ref, "expect": c.expect, "margin": c.margin}
-        for m in plan.metrics:
-            d = paired_diff({r["seed"]: r[m] for r in by_arm.get(c.arm, [])},
-                            {r["seed"]: r[m] for r in by_arm.get(c.ref, [])})
-            entry[m] = {"diff": d, "verdict": verdict(d, c.expect, c.margin)}
-        claims.append(entry)
+    claims = _claims(plan, by_arm, steps)
     all_walls = [r.get("harness_wall_s") or 0.0 for runs in by_arm.values() for r in runs]
     ema_vs_raw = []
     for arm in plan.arms:
@@ -96,14 +121,19 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
             d = paired_diff({r["seed"]: r["ema_top1"] for r in pairs}, {r["seed"]: r["raw_top1"] for r in pairs})
             ema_vs_raw.append({"arm": arm.name, "diff": d, "verdict": ema_verdict(d)})
     teacher = results.get("teacher")
+    arm_steps = {v[0] for v in steps.values()}
     return {"name": plan.name, "plan": plan.source, "description": plan.description, "recipe": plan.recipe,
-            "budget": plan.common, "seeds": plan.seeds, "metrics": list(plan.metrics),
+            "data": plan.config(plan.arms[0], 0).data, "budget": plan.common,
+            "budget_overrides": plan.overrides, "steps_per_run": arm_steps.pop() if len(arm_steps) == 1 else None,
+            "seeds": plan.seeds, "metrics": list(plan.metrics),
             "teacher": None if teacher is None else {k: teacher.get(k) for k in ("model", "top1", "macro_f1",
                                                                                  "balanced_acc", "wall_s")},
             "finished_runs": sum(len(v) for v in by_arm.values()),
             "planned_runs": plan.seeds * len(plan.arms), "total_train_wall_s": sum(all_walls),
-            "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}, "
-                       f"torch {_torch_version()}", "updated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": results.get("machine") or f"{platform.machine()} {os.cpu_count()}-core CPU, "
+                                                  f"{platform.system()}, torch {_torch_version()}",
+            "updated": results.get("updated") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "runs_under_an_earlier_config": results.get("earlier_config") or [],
             "arms": arms_out, "claims": claims, "ema_vs_raw": ema_vs_raw}
 
 
@@ -146,10 +176,17 @@ def _fmt_diff(d: Optional[dict[str, Any]]) -> str:
 def to_markdown(s: dict[str, Any]) -> str:
     metrics = s["metrics"]
     lines = [f"# Ablation: {s['name']}", ""]
-    if s["description"]:
+    if s.get("budget_overrides"):  # the plan's description states the plan's budget, not this one
+        over = ", ".join(f"{k}={v}" for k, v in s["budget_overrides"].items())
+        lines += [f"A quick look: the arms of `{s['plan']}` with its budget overridden ({over}). The plan's "
+                  f"description, which states its own budget, does not apply to these runs.", ""]
+    elif s["description"]:
         lines += [s["description"], ""]
     budget = ", ".join(f"{k}={v}" for k, v in s["budget"].items())
-    lines += [f"- plan: `{s['plan']}` on recipe `{s['recipe']}`; budget, the same for every arm: {budget}",
+    steps = s.get("steps_per_run")
+    step_from = next((a["steps_from"] for a in s["arms"] if a.get("steps") == steps), "") if steps else ""
+    lines += [f"- plan: `{s['plan']}` on recipe `{s['recipe']}`; budget, the same for every arm: {budget}"
+              + (f"; {steps:,} optimizer steps per run ({step_from})" if steps else ""),
               f"- runs finished: {s['finished_runs']} of {s['planned_runs']} ({s['seeds']} seeds per arm); "
               f"wall time summed over the finished runs (training + scoring) {s['total_train_wall_s'] / 60:.1f} min",
               f"- machine: {s['machine']}; updated {s['updated']}",
@@ -157,6 +194,11 @@ def to_markdown(s: dict[str, Any]) -> str:
               "weights where the arm uses EMA. Validation set as in the recipe.",
               "- Δ: paired difference to the reference arm over seeds (same data subset and seed), "
               "with a 95% Student-t interval; an interval that contains 0 means no difference was shown."]
+    if s.get("runs_under_an_earlier_config"):
+        n = len(s["runs_under_an_earlier_config"])
+        lines.append(f"- {n} of these runs are as recorded under an earlier config of the plan (recipe defaults "
+                     f"changed since; the plan pins the ones it knows); `ghostnetv3 ablate` without "
+                     f"--report-only would train them again")
     if s.get("teacher"):
         t = s["teacher"]
         lines.append(f"- teacher (KD arms): {t['model']}, top-1 {t['top1']:.2f}"
@@ -206,62 +248,9 @@ def to_markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(s: dict[str, Any], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = figure(s)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def figure(s: dict[str, Any]):
-    """Top row: each arm's mean ± std on an axis from 0 (a truncated axis makes small gaps look large).
-    Bottom row: each arm's paired difference to its reference, with the 95% interval as error bars
-    around 0 — the quantity the claims are judged on."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = s["metrics"]
-    arms = s["arms"]
-    fig, axes = plt.subplots(2, len(metrics), figsize=(max(6, 0.55 * len(arms)) * len(metrics) / 1.3, 8.5),
-                             squeeze=False)
-    names = [a["name"] for a in arms]
-    for col, m in enumerate(metrics):
-        ax = axes[0][col]
-        means = [a[m]["mean"] if a[m]["mean"] is not None else 0.0 for a in arms]
-        stds = [a[m]["std"] or 0.0 for a in arms]
-        ax.bar(range(len(arms)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.8)
-        ax.set_ylim(0.0, 100.0)
-        ax.set_xticks(range(len(arms)))
-        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel(f"{LABELS[m]} (%), mean ± std over seeds")
-        ax.grid(axis="y", alpha=0.3)
-
-        ax = axes[1][col]
-        xs, ds, err = [], [], [[], []]
-        for i, a in enumerate(arms):
-            d = (a[m].get("diff_vs_ref") or {})
-            if d.get("mean") is None:
-                continue
-            xs.append(i)
-            ds.append(d["mean"])
-            lo, hi = d["ci"] if d.get("ci") else (d["mean"], d["mean"])
-            err[0].append(d["mean"] - lo)
-            err[1].append(hi - d["mean"])
-        ax.axhline(0.0, color="black", lw=0.8)
-        if xs:
-            ax.errorbar(xs, ds, yerr=err, fmt="o", capsize=4, color="tab:red")
-        ax.set_xticks(range(len(arms)))
-        ax.set_xticklabels([f"{a['name']} - {a['ref']}" if a.get("ref") else a["name"] for a in arms],
-                           rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel(f"{LABELS[m]}: arm - reference (points), 95% CI")
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"ablation: {s['name']} ({s['finished_runs']}/{s['planned_runs']} runs)")
-    fig.tight_layout()
-    return fig
+    """The report's chart: each claim's paired difference with its 95% interval (a forest plot)."""
+    return charts.report_figure(s, LABELS)
 
 
 def write_report(plan: Plan, results: dict[str, Any]) -> dict[str, Path]:
@@ -271,8 +260,8 @@ def write_report(plan: Plan, results: dict[str, Any]) -> dict[str, Path]:
     base = out / f"ablation_{plan.name}"
     paths = {"json": base.with_suffix(".json"), "md": base.with_suffix(".md"), "png": base.with_suffix(".png")}
     for key, text in (("json", json.dumps(s, indent=1)), ("md", to_markdown(s))):
-        tmp = paths[key].with_name(f".{paths[key].name}.tmp")
+        tmp = paths[key].with_name(f".{paths[key].name}.tmp{os.getpid()}")
         tmp.write_text(text)
         os.replace(tmp, paths[key])
-    plot(s, paths["png"])
+    charts.save(figure(s), paths["png"])
     return paths

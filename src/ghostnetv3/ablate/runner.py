@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +23,10 @@ from typing import Any, Callable, Optional
 
 from ghostnetv3.engine import checkpoint as ckpt_io
 
+from .budget import write_budget
+from .lock import holder, try_claim, waiting_claim
 from .plan import Arm, Plan, config_hash, run_name
+from .report import write_report
 
 RESULT = "ablation_result.json"
 CLI = [sys.executable, "-m", "ghostnetv3.cli"]
@@ -29,6 +34,34 @@ CLI = [sys.executable, "-m", "ghostnetv3.cli"]
 
 class RunFailed(RuntimeError):
     pass
+
+
+class RunBusy(RuntimeError):
+    """Another live `ablate` process holds the run: this one leaves it to that one."""
+
+
+# a tqdm bar ("epoch 1/3:  45%|####5     | 70/156 [00:10<00:12, 6.8it/s]") or its erasure is no reason
+_PROGRESS = re.compile(r"\d+%\||\|\s*\d+/\d*\s*\[|^\s*\d+it \[")
+_USER_ERROR = re.compile(r"^ghostnetv3 [\w-]+: (error|interrupted)")
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*)?(Error|Exception|Exit|Interrupt|Busy|Failed)\b(: .*)?$")
+
+
+def error_line(output: str, rc: int) -> str:
+    """The line that says why a command failed, from its output: its `ghostnetv3 CMD: error: ...`
+    line, else the last exception line of a traceback, else its last line that is not a progress
+    bar; a process killed by a signal says which."""
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", output)]
+    lines = [ln for ln in lines if ln and not _PROGRESS.search(ln)]
+    line = (next((ln for ln in reversed(lines) if _USER_ERROR.match(ln)), None)
+            or next((ln for ln in reversed(lines) if _EXCEPTION.match(ln)), None)
+            or (lines[-1] if lines else "no output"))
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        line = f"killed by {name}" + ("" if line == "no output" else f"; last line: {line}")
+    return line
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -114,6 +147,7 @@ class Runner:
         self._lock = threading.Lock()
         self._teacher_lock = threading.Lock()
         self._cache_locks: dict[int, threading.Lock] = {}
+        self.skipped: list[str] = []  # runs the last run() left to another live process
 
     # ----------------------------------------------------------------------------- processes
     def _env(self) -> dict[str, str]:
@@ -126,10 +160,13 @@ class Runner:
         with open(log_path, "a") as f:
             f.write(f"\n$ ghostnetv3 {' '.join(args)}\n")
             f.flush()
+            start = f.tell()
             rc = subprocess.call(CLI + args, stdout=f, stderr=subprocess.STDOUT, env=self._env())
         if rc != 0:
-            tail = log_path.read_text().strip().splitlines()[-1:] or [""]
-            raise RunFailed(f"{what} failed (exit {rc}): {tail[0]} — full log: {log_path}")
+            with open(log_path, "rb") as f:  # this command's output only, not an earlier attempt's
+                f.seek(start)
+                output = f.read().decode(errors="replace")
+            raise RunFailed(f"{what} failed (exit {rc}): {error_line(output, rc)} — full log: {log_path}")
 
     def _train(self, cfg, run_dir: Path, what: str) -> None:
         """Train (or continue) one run; returns when last.pt holds the final epoch."""
@@ -215,8 +252,12 @@ class Runner:
 
     def ensure_teacher(self) -> dict[str, Any]:
         """Train and score the teacher once (the first KD run that needs it does; the others wait)."""
-        with self._teacher_lock:
+        with self._teacher_lock, waiting_claim(self.lock_path("teacher"), self._announce_wait("the teacher")):
             return self._ensure_teacher()
+
+    def _announce_wait(self, what: str) -> Callable[[Optional[str]], None]:
+        return lambda pid: self.log(f"[ablate] waiting for {'process ' + pid if pid else 'another process'}, "
+                                    f"which is preparing {what} of this plan")
 
     def _ensure_teacher(self) -> dict[str, Any]:
         cfg = self.teacher_config()
@@ -243,7 +284,8 @@ class Runner:
     def ensure_cache(self, arm: Arm, seed: int) -> Path:
         with self._lock:
             lock = self._cache_locks.setdefault(seed, threading.Lock())
-        with lock:
+        wait = self._announce_wait(f"the seed-{seed} teacher cache")
+        with lock, waiting_claim(self.lock_path(f"cache-s{seed}"), wait):
             path = self.cache_path(seed)
             cfg = self.plan.config(arm, seed)
             cfg_path = self.root / "_configs" / f"cache-s{seed}.yaml"
@@ -271,7 +313,24 @@ class Runner:
                 extra["teacher_cache"] = str(self.cache_path(seed))
         return self.plan.config(arm, seed, **extra)
 
+    def lock_path(self, name: str) -> Path:
+        return self.root / "_locks" / f"{name}.lock"
+
     def run_arm(self, arm: Arm, seed: int) -> dict[str, Any]:
+        """Train and score one run, or return its recorded result; raises RunBusy when another live
+        process has claimed it (that one trains it)."""
+        name = run_name(arm.name, seed)
+        claim = try_claim(self.lock_path(name))
+        if claim is None:
+            pid = holder(self.lock_path(name))
+            raise RunBusy(f"{name}: being trained by {'process ' + pid if pid else 'another process'} "
+                          f"on this plan; left to it")
+        try:
+            return self._run_claimed(arm, seed)
+        finally:
+            claim.release()
+
+    def _run_claimed(self, arm: Arm, seed: int) -> dict[str, Any]:
         cfg = self.arm_config(arm, seed)
         h = config_hash(cfg)
         run_dir = self.root / run_name(arm.name, seed)
@@ -325,6 +384,8 @@ class Runner:
         # recorded needs none), in that run's worker: with --jobs > 1 the others go on meanwhile
         failures: list[str] = []
 
+        self.skipped = []
+
         def one(numbered):
             i, (arm, seed) = numbered
             self.log(f"[ablate] run {i}/{len(todo)}: {run_name(arm.name, seed)}")
@@ -333,6 +394,9 @@ class Runner:
             except RunFailed as e:
                 self.log(f"[ablate] {e}")
                 failures.append(str(e))
+            except RunBusy as e:
+                self.log(f"[ablate] {e}")
+                self.skipped.append(run_name(arm.name, seed))
 
         numbered = list(enumerate(todo, start=1))
         if self.jobs == 1:
@@ -343,17 +407,44 @@ class Runner:
                 list(pool.map(one, numbered))
         return failures
 
-    def results(self) -> dict[str, Any]:
-        """Every finished run's result, by arm, and the teacher's (None when absent)."""
+    def results(self, recorded: bool = False) -> dict[str, Any]:
+        """Every finished run's result, by arm, and the teacher's (None when absent). With `recorded`
+        (a report-only rewrite: nothing trains), a run without a result in its directory is taken
+        from the committed report whatever config it was recorded under; those recorded under another
+        config than the plan now gives are listed in `earlier_config`."""
+        report = self.recorded() if recorded else {}
         by_arm: dict[str, list[dict]] = {a.name: [] for a in self.plan.arms}
+        earlier: list[str] = []
+        unreported = 0  # results in run directories that the report does not hold
         for a in self.plan.arms:
             for s in range(self.plan.seeds):
                 p = self.root / run_name(a.name, s) / RESULT
                 if p.exists():
-                    by_arm[a.name].append(json.loads(p.read_text()))
+                    res = json.loads(p.read_text())
+                    by_arm[a.name].append(res)
+                    rec = report.get(run_name(a.name, s), {})
+                    unreported += any(rec.get(k) != res.get(k) for k in ("config_hash", "top1"))
+                elif run_name(a.name, s) in report:
+                    rec = report[run_name(a.name, s)]
+                    by_arm[a.name].append(rec)
+                    if rec.get("config_hash") != config_hash(self.arm_config(a, s)):
+                        earlier.append(run_name(a.name, s))
         teacher = None
         if (self.teacher_dir / RESULT).exists():
             teacher = json.loads((self.teacher_dir / RESULT).read_text())
         elif self.report_path.exists():  # a fresh clone: the teacher the committed report names
             teacher = json.loads(self.report_path.read_text()).get("teacher")
-        return {"arms": by_arm, "teacher": teacher}
+        out = {"arms": by_arm, "teacher": teacher, "earlier_config": earlier}
+        if recorded and self.report_path.exists() and not unreported:  # nothing new: its machine and date stay
+            old = json.loads(self.report_path.read_text())
+            out.update(machine=old.get("machine"), updated=old.get("updated"))
+        return out
+
+    def write_report(self, recorded: bool = False) -> dict[str, Path]:
+        """Rewrite the report from the results on disk; one process at a time, so the last one written
+        holds every run finished by then (two processes may share a plan)."""
+        with waiting_claim(self.lock_path("report")):
+            paths = write_report(self.plan, self.results(recorded=recorded))
+            if any(c.ingredient for c in self.plan.claims) and not self.plan.overrides:
+                paths["budget"] = write_budget(self.plan.results_dir)["md"]
+            return paths

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["ImageSet", "load_dataset", "stratified_split", "cache_dir", "IMG_EXTENSIONS"]
+__all__ = ["ImageSet", "load_dataset", "stratified_split", "cache_dir", "IMG_EXTENSIONS", "shown"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -77,6 +77,12 @@ class ImageSet:
         idx = torch.as_tensor(indices, dtype=torch.int64)
         return ImageSet(self.images[idx], self.labels[idx], list(self.classes),
                         name or f"{self.name}[{len(idx)}]", list(self.skipped))
+
+
+def shown(path: str | os.PathLike | bytes) -> str:
+    """A file or folder name as text that prints anywhere: bytes that are not UTF-8 (a Latin-1 name on
+    a UTF-8 system) become backslash escapes (`caf\\xe9.png`) instead of failing to print."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def cache_dir() -> Path:
@@ -282,10 +288,10 @@ def _resize_set(ds: ImageSet, size: int) -> ImageSet:
 def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad: str,
                  image_size: int | None, in_chans: int | None = None) -> ImageSet:
     if not root.exists():
-        raise FileNotFoundError(f"dataset folder {root} does not exist; pass 'fashion-mnist', 'elpv' "
+        raise FileNotFoundError(f"dataset folder {shown(root)} does not exist; pass 'fashion-mnist', 'elpv' "
                                 f"or a folder of class folders (optionally under train/ and val/)")
     if not root.is_dir():
-        raise NotADirectoryError(f"{root} is a file; pass a folder of class folders")
+        raise NotADirectoryError(f"{shown(root)} is a file; pass a folder of class folders")
     split_dirs = {"train": root / "train"}
     for name in ("val", "validation"):
         if (root / name).is_dir():
@@ -294,22 +300,22 @@ def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad:
     split_dirs["test"] = root / "test" if (root / "test").is_dir() else split_dirs.get("val")
     if split_dirs["train"].is_dir() and split_dirs.get("val") is not None:
         if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r}; {root} has 'train' and 'val' folders")
+            raise ValueError(f"split={split!r}; {shown(root)} has 'train' and 'val' folders")
         classes = _class_folders(split_dirs["train"])  # train/ defines the label indices
         d = split_dirs[split]
         if split != "train":
             extra = sorted(set(_class_folders(d)) - set(classes))
             if extra:
-                raise ValueError(f"{d} has class folders not in {split_dirs['train']}: {extra[:5]}; "
-                                 f"add them to train/ or remove them")
-        return _decode_folder(d, classes, on_bad, image_size, f"{root.name}:{split}",
+                raise ValueError(f"{shown(d)} has class folders not in {shown(split_dirs['train'])}: "
+                                 f"{[shown(e) for e in extra[:5]]}; add them to train/ or remove them")
+        return _decode_folder(d, classes, on_bad, image_size, f"{shown(root.name)}:{split}",
                               allow_missing=split != "train", in_chans=in_chans)
     if split_dirs["train"].is_dir():
-        raise ValueError(f"{root} has train/ but no val/ or validation/ folder; add one, or point "
-                         f"at {split_dirs['train']} to split it by seed")
+        raise ValueError(f"{shown(root)} has train/ but no val/ or validation/ folder; add one, or point "
+                         f"at {shown(split_dirs['train'])} to split it by seed")
     classes = _class_folders(root)
-    full = _decode_folder(root, classes, on_bad, image_size, root.name, in_chans=in_chans)
-    out = _pick_split(full, split, seed, val_fraction, root.name)
+    full = _decode_folder(root, classes, on_bad, image_size, shown(root.name), in_chans=in_chans)
+    out = _pick_split(full, split, seed, val_fraction, shown(root.name))
     out.skipped = list(full.skipped)
     return out
 
@@ -317,7 +323,7 @@ def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad:
 def _class_folders(root: Path) -> list[str]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise ValueError(f"{root} has no class folders; put images in {root}/<class name>/")
+        raise ValueError(f"{shown(root)} has no class folders; put images in {shown(root)}/<class name>/")
     return classes
 
 
@@ -330,7 +336,7 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
             continue
         found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
         if not found:
-            raise ValueError(f"class folder {d} has no images ({', '.join(IMG_EXTENSIONS)}); "
+            raise ValueError(f"class folder {shown(d)} has no images ({', '.join(IMG_EXTENSIONS)}); "
                              f"add images or remove the folder")
         files += found
         labels += [c] * len(found)
@@ -340,13 +346,13 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
     for i, (path, res) in enumerate(zip(files, decoded)):
         if isinstance(res, Exception):
             if on_bad == "fail":
-                raise ValueError(f"cannot decode image {path} ({type(res).__name__}: {res}); fix or "
+                raise ValueError(f"cannot decode image {shown(path)} ({type(res).__name__}: {res}); fix or "
                                  f"delete it, or pass --on-bad-image skip (on_bad_image: skip in a recipe)")
-            skipped.append(str(path))
+            skipped.append(shown(path))
         else:
             keep.append(i)
     if not keep:
-        raise ValueError(f"no readable images under {root}")
+        raise ValueError(f"no readable images under {shown(root)}")
     arrays = [decoded[i] for i in keep]
     labels_t = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
     channels = _folder_channels(root, [files[i] for i in keep], arrays, in_chans)
@@ -356,9 +362,9 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
         tensors = [_short_side_center_crop(t, image_size) for t in tensors]
     elif len(sizes) > 1:
         eg = sorted(sizes)[:2]
-        raise ValueError(f"images under {root} have {len(sizes)} different sizes (e.g. {eg[0]} and "
+        raise ValueError(f"images under {shown(root)} have {len(sizes)} different sizes (e.g. {eg[0]} and "
                          f"{eg[1]}); pass image_size=N to resize them at load")
-    return ImageSet(torch.stack(tensors), labels_t, list(classes), name, skipped)
+    return ImageSet(torch.stack(tensors), labels_t, [shown(c) for c in classes], name, skipped)
 
 
 def _folder_channels(root: Path, files: list[Path], arrays: list[np.ndarray], in_chans: int | None) -> int:
@@ -371,8 +377,8 @@ def _folder_channels(root: Path, files: list[Path], arrays: list[np.ndarray], in
     if odd and 0 < len(odd) < n and os.environ.get("RANK", "0") == "0":
         why = f"--in-chans {in_chans}" if in_chans else "most of them are"
         kind = "color" if channels == 1 else "gray"
-        print(f"note: {len(odd)} of {n} images under {root} are {kind} (e.g. {files[odd[0]]}); the set is read "
-              f"as {'gray' if channels == 1 else 'color'} ({why})"
+        print(f"note: {len(odd)} of {n} images under {shown(root)} are {kind} (e.g. {shown(files[odd[0]])}); "
+              f"the set is read as {'gray' if channels == 1 else 'color'} ({why})"
               + ("" if in_chans else f"; pass --in-chans {3 if channels == 1 else 1} to read it otherwise"),
               flush=True)
     return channels
@@ -398,6 +404,7 @@ def _to_uint8(im: Image.Image) -> np.ndarray:
         return np.asarray(im.convert("L"))
     elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(im).astype(np.float64)
+        _check_finite(a)
         bits = _bit_depth(im)
         if bits > 8:  # by the file's bit depth, never by the image's own range (256 must stay darker than 257)
             a = a * (255.0 / (2 ** bits - 1))
@@ -408,6 +415,15 @@ def _to_uint8(im: Image.Image) -> np.ndarray:
         im = im.convert("L" if mode in ("LA", "La") else "RGB")
         return np.asarray(im)
     return np.asarray(im.convert("RGB"))
+
+
+def _check_finite(a: np.ndarray) -> None:
+    """A float image (32-bit TIFF) with NaN or infinite pixels: refused, not cast to 0 or clipped to 255
+    (a sensor's 'no data' marker is not black)."""
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        raise ValueError(f"{bad} of {a.size} pixels are NaN or infinite (a float image); replace them "
+                         f"with real values")
 
 
 def _bit_depth(im: Image.Image) -> int:

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import IMG_EXTENSIONS, _class_folders, _decode_image, _to_uint8, stratified_split
+from .datasets import IMG_EXTENSIONS, _class_folders, _decode_image, _to_uint8, shown, stratified_split
 from .loader import Batch, shard_order
 
 __all__ = ["FACTORY_PREFIXES", "ITERABLE_PREFIXES", "StreamSet", "IterableStreamSet", "PerSampleLoader",
@@ -87,7 +87,7 @@ def choose_data_mode(data: str, mode: str, *, seed: int = 0, val_fraction: float
     sizes = []
     for f in sample:
         try:
-            with Image.open(f.decode()) as im:
+            with Image.open(os.fsdecode(f)) as im:
                 sizes.append(im.size[0] * im.size[1] * (1 if im.mode in ("1", "L", "P", "I;16") else 3))
         except Exception:  # a bad file: the loaders report it
             continue
@@ -104,35 +104,35 @@ def choose_data_mode(data: str, mode: str, *, seed: int = 0, val_fraction: float
 def list_folder(root: Path, split: str, seed: int, val_fraction: float):
     """(files as bytes array, labels, classes, name) of a split, laid out as `load_dataset` reads it."""
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist; pass a folder of class folders "
+        raise FileNotFoundError(f"dataset folder {shown(root)} does not exist; pass a folder of class folders "
                                 f"(optionally under train/ and val/)")
     val_dir = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
     if (root / "train").is_dir():
         if val_dir is None:
-            raise ValueError(f"{root} has train/ but no val/ or validation/ folder; add one, or point "
-                             f"at {root / 'train'} to split it by seed")
+            raise ValueError(f"{shown(root)} has train/ but no val/ or validation/ folder; add one, or point "
+                             f"at {shown(root / 'train')} to split it by seed")
         if split not in ("train", "val", "test"):
-            raise ValueError(f"split={split!r}; {root} has 'train' and 'val' folders")
+            raise ValueError(f"split={split!r}; {shown(root)} has 'train' and 'val' folders")
         classes = _class_folders(root / "train")  # train/ defines the label indices
         d = {"train": root / "train", "val": val_dir,
              "test": root / "test" if (root / "test").is_dir() else val_dir}[split]
         if split != "train":
             extra = sorted(set(_class_folders(d)) - set(classes))
             if extra:
-                raise ValueError(f"{d} has class folders not in {root / 'train'}: {extra[:5]}; "
-                                 f"add them to train/ or remove them")
+                raise ValueError(f"{shown(d)} has class folders not in {shown(root / 'train')}: "
+                                 f"{[shown(e) for e in extra[:5]]}; add them to train/ or remove them")
         files, labels = _list_classes(d, classes, allow_missing=split != "train")
-        return files, labels, classes, f"{root.name}:{split}"
+        return files, labels, [shown(c) for c in classes], f"{shown(root.name)}:{split}"
     classes = _class_folders(root)
     files, labels = _list_classes(root, classes)
     if split == "all":
-        return files, labels, classes, f"{root.name}:all"
+        return files, labels, [shown(c) for c in classes], f"{shown(root.name)}:all"
     if split not in ("train", "val", "test"):
         raise ValueError(f"split={split!r}; use 'train', 'val' (= 'test' here) or 'all'")
     # the in-memory loader splits after dropping unreadable files: identical when none is bad
     tr, va = stratified_split(labels, val_fraction, seed)
     part = tr if split == "train" else va
-    return files[part.numpy()], labels[part], classes, f"{root.name}:{split}"
+    return files[part.numpy()], labels[part], [shown(c) for c in classes], f"{shown(root.name)}:{split}"
 
 
 def _list_classes(root: Path, classes: list[str], allow_missing: bool = False):
@@ -143,9 +143,9 @@ def _list_classes(root: Path, classes: list[str], allow_missing: bool = False):
             continue
         found = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
         if not found:
-            raise ValueError(f"class folder {d} has no images ({', '.join(IMG_EXTENSIONS)}); "
+            raise ValueError(f"class folder {shown(d)} has no images ({', '.join(IMG_EXTENSIONS)}); "
                              f"add images or remove the folder")
-        files += [str(p).encode() for p in found]
+        files += [os.fsencode(p) for p in found]  # the name's own bytes: not every name is UTF-8
         labels += [c] * len(found)
     # a bytes array, not a list of str: forked workers do not copy it page by page on refcounting
     return np.array(files, dtype=np.bytes_), torch.tensor(labels, dtype=torch.int64)
@@ -159,10 +159,10 @@ class _FolderReader:
         return len(self.files)
 
     def name(self, i: int) -> str:
-        return self.files[i].decode()
+        return shown(self.files[i])
 
     def read(self, i: int) -> np.ndarray:
-        res = _decode_image(Path(self.name(i)))  # the in-memory path's decoder: same pixels
+        res = _decode_image(Path(os.fsdecode(self.files[i])))  # the in-memory path's decoder: same pixels
         if isinstance(res, Exception):
             raise res
         return res

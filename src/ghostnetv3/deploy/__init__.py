@@ -17,6 +17,7 @@ _EXPORTS = {
     "load_for_deploy": "load", "to_deploy_form": "prepare",
     "export_model": "export", "export_onnx": "export", "export_torchscript": "export",
     "verify_export": "export", "read_metadata": "export", "ExportMismatchError": "export",
+    "input_contract": "contract", "read_input_contract": "contract",
     "quantize_onnx": "quantize",  # quantize() and bench() share their modules' names: import those
     "count_params_macs": "count",
 }

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ghostnetv3.deploy.steps import sigterm_interrupts, step
+
 __all__ = ["bench", "time_blocks", "time_interleaved", "summarize", "format_table", "machine_info",
            "make_runners", "select_backends", "write_report", "BACKENDS", "BACKEND_GROUPS"]
 
@@ -126,7 +128,7 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def _count(model: nn.Module, input_size: Sequence[int]) -> tuple[int, Optional[int]]:
     try:
-        from ghostnetv3.deploy.count import count_params_macs
+        from ghostnetv3.rep.count import count_params_macs
     except ImportError:  # count.py not built yet: params only
         return sum(p.numel() for p in model.parameters()), None
     params, macs = count_params_macs(model, tuple(input_size))
@@ -173,23 +175,25 @@ def make_runners(fused: nn.Module, input_size: Sequence[int], batch: int, groups
             continue
         if g == "onnxruntime":
             if "onnx" not in cache:
-                fp32 = export_onnx(fused, workdir / "fp32.onnx", input_size, dynamic_batch=True)
-                cache["onnx"] = [fp32]
-                if int8:
-                    quantize_onnx(fp32, workdir / "int8.onnx", calib())
-                    cache["onnx"].append(workdir / "int8.onnx")
+                with step(log, f"exporting ONNX{' and quantizing it to INT8 (onnxruntime)' if int8 else ''}"):
+                    fp32 = export_onnx(fused, workdir / "fp32.onnx", input_size, dynamic_batch=True)
+                    cache["onnx"] = [fp32]
+                    if int8:
+                        quantize_onnx(fp32, workdir / "int8.onnx", calib())
+                        cache["onnx"].append(workdir / "int8.onnx")
             for path, row in zip(cache["onnx"], BACKEND_GROUPS[g]):
                 sess = onnx_session(path, threads)
                 runners[row] = (lambda x, s=sess: s.run(None, {"input": x})[0])
             continue
         fmt, (row32, row8) = _GROUP_FORMAT[g], BACKEND_GROUPS[g]
-        log(f"exporting {fmt} at batch {batch}{' (fp32, INT8)' if int8 else ''}")
-        path = export_edge(fused, workdir / f"{fmt}_b{batch}_fp32{_suffix(fmt)}", fmt, input_size, batch)
-        runners[row32] = edge_runner(path, fmt, threads)
+        with step(log, f"exporting {fmt} fp32 at batch {batch}"):
+            path = export_edge(fused, workdir / f"{fmt}_b{batch}_fp32{_suffix(fmt)}", fmt, input_size, batch)
+            runners[row32] = edge_runner(path, fmt, threads)
         if int8:
             try:
-                path8, _, _ = export_edge_int8(fused, workdir / f"{fmt}_b{batch}_int8{_suffix(fmt)}", fmt,
-                                               input_size, calib(), batch)
+                with step(log, f"quantizing {fmt} to INT8 at batch {batch} (calibrating, then lowering)"):
+                    path8, _, _ = export_edge_int8(fused, workdir / f"{fmt}_b{batch}_int8{_suffix(fmt)}", fmt,
+                                                   input_size, calib(), batch)
             except (ValueError, RuntimeError) as e:  # the converters' own refusals
                 why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 log(f"{row8} at batch {batch}: the converter failed, row left out: {why}")
@@ -216,11 +220,13 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
           train_form: bool = False, log: Callable[[str], None] = print,
           weights: Optional[str] = None, checkpoint: Optional[str] = None,
           backends: str | Sequence[str] = "all", rounds: int = 3,
-          extra: Optional[dict[str, Callable[[np.ndarray], Any]]] = None) -> dict[str, Any]:
+          extra: Optional[dict[str, Callable[[np.ndarray], Any]]] = None,
+          model: Optional[str] = None) -> dict[str, Any]:
     """Benchmark MODEL_NAME | RUN_DIR | CHECKPOINT on every backend in `backends` (groups:
     torch, onnxruntime, openvino, executorch, litert; 'all': those installed). INT8 is calibrated
     on `calib_data` (its train split) when given, else on random normal images. `extra`: more
-    runners (any batch size) timed in the same blocks, e.g. a baseline model."""
+    runners (any batch size) timed in the same blocks, e.g. a baseline model. `model`: the
+    architecture of a checkpoint that does not say."""
     from ghostnetv3.deploy.edge import set_executorch_threads
     from ghostnetv3.deploy.load import load_for_deploy
     from ghostnetv3.deploy.prepare import to_deploy_form
@@ -229,8 +235,8 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
     if any(b < 1 for b in batch_sizes) or repeats < 1 or rounds < 1:
         raise ValueError("batch sizes, --repeats and --rounds must be positive")
     groups, skipped = select_backends(backends)
-    model, cfg = load_for_deploy(spec, weights=weights, checkpoint=checkpoint,
-                                 in_chans=int(input_size[0]) if input_size else None)
+    net, cfg = load_for_deploy(spec, weights=weights, checkpoint=checkpoint, model=model,
+                               in_chans=int(input_size[0]) if input_size else None)
     if input_size:
         if len(input_size) != 3:
             raise ValueError(f"--input-size is C H W, got {list(input_size)}")
@@ -240,8 +246,8 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
     torch.set_num_threads(threads)
     if "executorch" in groups:
         set_executorch_threads(threads)
-    fused, info = to_deploy_form(model, log=lambda m: None)
-    p_train, m_train = _count(model, input_size)
+    fused, info = to_deploy_form(net, log=lambda m: None)
+    p_train, m_train = _count(net, input_size)
     p_fused, m_fused = _count(fused, input_size)
     calib = _Calibration(calib_data, cfg, input_size, calib_size) if int8 else None
     result: dict[str, Any] = {
@@ -260,7 +266,7 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
         result["int8_calib_images"] = sum(len(b) for b in calib.batches)
 
     cache: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with sigterm_interrupts(), tempfile.TemporaryDirectory() as tmp:
         for b in batch_sizes:
             x = torch.randn(b, *input_size, generator=torch.Generator().manual_seed(b))
             xn = x.numpy()
@@ -269,7 +275,7 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
             result["max_diff_vs_torch"].update({f"{k}@{b}": v for k, v in diffs.items()})
             fns: dict[str, Callable[[], Any]] = {}
             if train_form:
-                fns["torch_eager_fp32_train_form"] = lambda: _no_grad(model, x)
+                fns["torch_eager_fp32_train_form"] = lambda: _no_grad(net, x)
             fns.update({name: (lambda r=run: r(xn)) for name, run in {**runners, **(extra or {})}.items()})
             log(f"timing batch {b}: {', '.join(fns)} ({repeats} calls each in {rounds} blocks, threads: {threads})")
             times = time_blocks(fns, repeats, warmup, rounds)
@@ -336,27 +342,41 @@ def format_markdown(r: dict[str, Any]) -> str:
     return "\n".join(head) + "\n"
 
 
-def plot_latency(r: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Horizontal bars of median latency, one panel per batch size."""
+_PRECISION_COLORS = {"fp32": "tab:blue", "INT8": "tab:orange"}
+
+
+def latency_figure(r: dict[str, Any]):
+    """Horizontal bars of median latency, one panel per batch size, fp32 and INT8 told apart by
+    colour and a legend (a matplotlib Figure)."""
     import matplotlib
     matplotlib.use("Agg")  # files only; no display on a server
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
     sizes = list(dict.fromkeys(x["batch_size"] for x in r["latency"]))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 0.45 * len(r["latency"]) / len(sizes) + 1.8),
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 0.45 * len(r["latency"]) / len(sizes) + 2.2),
                              squeeze=False)
     for ax, b in zip(axes[0], sizes):
         rows = [x for x in r["latency"] if x["batch_size"] == b]
         names = [x["backend"] for x in rows]
         ax.barh(names, [x["median_ms"] for x in rows],
-                color=["tab:orange" if n.endswith("int8") else "tab:blue" for n in names])
+                color=[_PRECISION_COLORS["INT8" if n.endswith("int8") else "fp32"] for n in names])
         for i, x in enumerate(rows):
             ax.text(x["median_ms"], i, f" {x['median_ms']:.1f}", va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("median latency (ms)")
         ax.set_title(f"batch {b}")
+    fig.legend(handles=[Patch(color=c, label=k) for k, c in _PRECISION_COLORS.items()], loc="lower center",
+               ncol=2, frameon=False, fontsize=9)
     fig.suptitle(f"{r['model']} {'x'.join(map(str, r['input_size']))}, {r['machine']['threads']} threads "
                  f"(load {r['machine']['load_avg_1m']})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the legend under the panels
+    return fig
+
+
+def plot_latency(r: dict[str, Any], path: str | os.PathLike) -> Path:
+    """`latency_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+    fig = latency_figure(r)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

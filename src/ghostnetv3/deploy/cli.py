@@ -13,7 +13,11 @@ from pathlib import Path
 
 from ghostnetv3.deploy.edge import EDGE_FORMATS
 from ghostnetv3.deploy.export import FORMATS
+from ghostnetv3.engine.cli import add_threads_flag, apply_threads
 from ghostnetv3.models.weights import add_weights_flags
+from ghostnetv3.paths import check_writable
+
+_MODEL_HELP = "architecture of a checkpoint file without a config inside or beside it (e.g. ghostnetv3_100)"
 
 
 def _input_size(p: argparse.ArgumentParser) -> None:
@@ -28,6 +32,17 @@ def _write_json(path: str | None, obj) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(obj, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def _check_outputs(output: str | None = None, json_path: str | None = None, report: str | None = None) -> None:
+    """Every destination checked before any work: a read-only folder or a path under a file is one
+    line up front, not a traceback after the export."""
+    if output:
+        check_writable(output, "--output")
+    if json_path and json_path != "-":
+        check_writable(json_path, "--json")
+    if report:
+        check_writable(report, "--report", folder=True)
 
 
 def add_parser(subparsers) -> None:
@@ -51,6 +66,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - PyTorch| allowed")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     add_weights_flags(p)
+    add_threads_flag(p)
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
@@ -59,6 +75,7 @@ def add_parser(subparsers) -> None:
                     "calibration images, then report top-1 of fp32 vs INT8 on the eval split, each "
                     "run in its own runtime. Nothing is written unless every step succeeds.")
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
     p.add_argument("--format", choices=("onnx", *EDGE_FORMATS), default="onnx",
                    help="onnx (onnxruntime QDQ; default), executorch (XNNPACK PT2E), tflite (LiteRT "
                         "PT2E) or openvino (NNCF); the last three from a run or checkpoint")
@@ -82,6 +99,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="bare --json: print the report as JSON instead of the table; --json FILE: also write it")
     add_weights_flags(p)
+    add_threads_flag(p)
     p.set_defaults(func=run_quantize)
 
     p = subparsers.add_parser(
@@ -94,6 +112,7 @@ def add_parser(subparsers) -> None:
                     "blocks are repeated in --rounds passes, so a load spike on a shared machine hits "
                     "every backend alike.")
     p.add_argument("source", metavar="MODEL_NAME|RUN_DIR|CHECKPOINT")
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
     _input_size(p)
     p.add_argument("--batch-sizes", default="1,32", help="comma-separated (default 1,32)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for every backend "
@@ -119,6 +138,8 @@ def add_parser(subparsers) -> None:
 def run_export(args) -> int:
     from ghostnetv3.deploy.export import ExportMismatchError, export_model
     from ghostnetv3.deploy.load import load_for_deploy
+    apply_threads(args.threads)
+    _check_outputs(args.output, args.json)
     model, cfg = load_for_deploy(args.source, model=args.model, num_classes=args.num_classes,
                                  in_chans=args.input_size[0] if args.input_size else None,
                                  weights=args.weights, checkpoint=args.run_checkpoint)
@@ -142,12 +163,14 @@ def run_export(args) -> int:
 
 def run_quantize(args) -> int:
     from ghostnetv3.deploy.quantize import format_report, quantize
+    apply_threads(args.threads)
+    _check_outputs(args.output, args.json)
     report = quantize(args.source, args.calib_data, calib_size=args.calib_size, eval_data=args.eval_data,
                       eval_split=args.eval_split, eval_size=args.eval_size, output=args.output,
                       input_size=args.input_size, per_channel=args.per_channel,
                       calib_method=args.calib_method, activation_type=args.activation_type,
                       evaluate=not args.no_eval, weights=args.weights, checkpoint=args.run_checkpoint,
-                      fmt=args.format,
+                      fmt=args.format, model=args.model,
                       log=print if args.json != "-" else (lambda m: None))
     if args.json != "-":
         print(format_report(report))
@@ -161,11 +184,12 @@ def run_bench(args) -> int:
         sizes = [int(s) for s in str(args.batch_sizes).split(",") if s.strip()]
     except ValueError:
         raise ValueError(f"--batch-sizes: expected comma-separated integers, got '{args.batch_sizes}'") from None
+    _check_outputs(json_path=args.json, report=args.report)
     result = bench(args.source, input_size=args.input_size, batch_sizes=sizes, threads=args.threads,
                    repeats=args.repeats, warmup=args.warmup, calib_data=args.calib_data,
                    int8=not args.no_int8, train_form=args.train_form, backends=args.backends,
                    rounds=args.rounds,
-                   weights=args.weights, checkpoint=args.run_checkpoint,
+                   weights=args.weights, checkpoint=args.run_checkpoint, model=args.model,
                    log=print if args.json != "-" else (lambda m: None))
     if args.json != "-":
         print(format_table(result))

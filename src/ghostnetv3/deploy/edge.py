@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ghostnetv3.deploy.steps import quiet_output
 from ghostnetv3.errors import UserError
 
 __all__ = ["EDGE_FORMATS", "INT8_FORMATS", "OBSERVERS", "MissingExtraError", "require",
@@ -61,9 +62,12 @@ class MissingExtraError(UserError, ImportError):
 
 
 def require(module: str, what: str):
-    """Import `module` or say, in one line, which extra installs it."""
+    """Import `module` or say, in one line, which extra installs it. The import's own log lines
+    (LiteRT's bundled TensorFlow prints absl and oneDNN notices, torchao a torch pytree deprecation)
+    are silenced: they are not the user's business and buried our progress lines."""
     try:
-        return importlib.import_module(module)
+        with quiet_output():
+            return importlib.import_module(module)
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in _EDGE_PACKAGES:
             raise  # a broken install of something else: keep the traceback
@@ -416,6 +420,7 @@ def _pt2e_quantizer(fmt: str, per_channel: bool, observer: str):
     """XNNPACK's quantizer for ExecuTorch, LiteRT's for .tflite; `observer` swaps the activation
     observer (both default to a histogram observer)."""
     import dataclasses
+    require("torchao.quantization.pt2e.observer", "INT8 quantization")  # first import: silenced
     from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
     if observer not in OBSERVERS:
         raise ValueError(f"observer '{observer}': use one of {', '.join(OBSERVERS)}")
@@ -493,7 +498,7 @@ def _nncf_quantize(ov_model, calib: Iterable[np.ndarray], batch: int):
 # ---------------------------------------------------------------- export
 
 def _write_executorch(program_model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    require("executorch", "ExecuTorch export")
+    require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")  # silenced import
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     with warnings.catch_warnings():
@@ -509,7 +514,7 @@ def _write_tflite(program_model: nn.Module, example: torch.Tensor, path: Path, q
     if quantizer is not None:
         from litert_torch.quantize.quant_config import QuantConfig
         kw["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
-    with warnings.catch_warnings(), _quiet_fds():
+    with warnings.catch_warnings(), quiet_output():  # the converter prints progress bars to fds 1, 2
         warnings.simplefilter("ignore")
         litert_torch.convert(program_model, (example,), **kw).export(str(path))
 
@@ -525,14 +530,6 @@ def _save_openvino(ov_model, path: Path, meta: dict[str, Any]) -> None:
     import openvino as ov
     ov_model.set_rt_info(json.dumps(meta), ["ghostnetv3"])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)  # fp32 as asked; fp16 is a separate choice
-
-
-@contextlib.contextmanager
-def _quiet_fds():
-    """The converters print progress bars to the process's file descriptors."""
-    from ghostnetv3.deploy.export import _quiet
-    with _quiet():
-        yield
 
 
 def _tmp_path(path: Path) -> Path:
@@ -626,7 +623,8 @@ def edge_runner(path: str | os.PathLike, fmt: str, threads: Optional[int] = None
         return lambda x: method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
     if fmt == "tflite":
         litert = require("ai_edge_litert.interpreter", "Running a .tflite")
-        interp = litert.Interpreter(model_path=str(path), num_threads=threads or None)
+        with quiet_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            interp = litert.Interpreter(model_path=str(path), num_threads=threads or None)
         interp.allocate_tensors()
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
 

@@ -13,11 +13,8 @@ place only after the check passed: a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -26,16 +23,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ghostnetv3.deploy.contract import META_KEY, input_contract, read_metadata
 from ghostnetv3.deploy.edge import (EDGE_FORMATS, commit_files, discard_files, edge_runner, export_edge,
-                                    file_size, read_sidecar)
+                                    file_size)
+from ghostnetv3.deploy.prepare import to_deploy_form
+from ghostnetv3.deploy.steps import made_folders, quiet_output, sigterm_interrupts, step
 from ghostnetv3.errors import UserError
+from ghostnetv3.paths import check_writable
 
 __all__ = ["export_model", "export_onnx", "export_torchscript", "verify_export", "read_metadata",
            "onnx_session", "ExportMismatchError", "META_KEY", "FORMATS"]
 
-META_KEY = "ghostnetv3"  # ONNX metadata_props key / TorchScript extra-file name (JSON value)
 _META_FIELDS = ("model", "num_classes", "in_chans", "img_size", "mean", "std", "data", "seed",
-                "val_fraction", "eval_crop_pct", "interpolation", "weights", "source", "classes")
+                "val_fraction", "eval_crop_pct", "interpolation", "weights", "source", "classes",
+                "stem_stride", "output_stride")
 
 
 FORMATS = ("onnx", "torchscript", *EDGE_FORMATS)
@@ -50,25 +51,14 @@ class ExportMismatchError(UserError):
 
 
 def _metadata(cfg: Optional[dict]) -> dict[str, Any]:
+    """What an exported file carries: the run's description and, once channels and size are
+    known, the full input contract (contract.py; unset transform keys as the data layer's defaults)."""
     cfg = cfg or {}
-    return {k: (list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k])
+    meta = {k: (list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k])
             for k in _META_FIELDS if cfg.get(k) is not None}
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' own printing (graph dumps on a failed attempt, progress lines),
-    which goes to the process's file descriptors, not through Python."""
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        try:
-            os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
-            yield
-        finally:
-            sys.stdout.flush(), sys.stderr.flush()
-            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-            os.close(saved[0]), os.close(saved[1])
+    if cfg.get("in_chans") and cfg.get("img_size"):
+        meta.update(input_contract(cfg))
+    return meta
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int],
@@ -78,7 +68,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(1, *input_size)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), _quiet():
+    with warnings.catch_warnings(), quiet_output():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice is not the user's
         try:
             torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
@@ -113,31 +103,6 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: Se
         traced = torch.jit.freeze(traced.eval())  # constants folded; batch size stays free
         torch.jit.save(traced, str(path), _extra_files={META_KEY: json.dumps(_metadata(cfg))})
     return path
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata `export_*` wrote ({} for files exported elsewhere)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix in EDGE_FORMATS.values():
-        return read_sidecar(path)
-    if path.suffix == ".onnx":
-        import onnx
-        proto = onnx.load(str(path), load_external_data=False)
-        meta = {p.key: p.value for p in proto.metadata_props}
-        info = json.loads(meta.get(META_KEY, "{}"))
-        dims = proto.graph.input[0].type.tensor_type.shape.dim
-        static = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        info["input_shape"] = static  # e.g. [None, 3, 224, 224] with a dynamic batch
-        info.setdefault("in_chans", static[1] if len(static) == 4 else None)
-        info.setdefault("img_size", static[2] if len(static) == 4 else None)
-        return info
-    files = {META_KEY: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-    return json.loads(files[META_KEY] or "{}")
 
 
 def onnx_session(path: str | os.PathLike, threads: Optional[int] = None):
@@ -189,60 +154,82 @@ def verify_export(model: nn.Module, path: str | os.PathLike, fmt: str, input_siz
     return worst
 
 
-def export_model(model: nn.Module, output: str | os.PathLike, fmt: str = "onnx",
-                 input_size: Sequence[int] = (3, 224, 224), dynamic_batch: bool = False,
-                 opset: int = 17, tolerance: float = 1e-4, cfg: Optional[dict] = None,
-                 log: Callable[[str], None] = print, batch_size: int = 1) -> dict[str, Any]:
-    """Fuse (if needed), export, verify. Raises ExportMismatchError beyond `tolerance`, and then
-    `output` is not written. On-device formats have the fixed batch `batch_size`.
-
-    Returns a report: output, format, max_diff, batch_sizes checked, fusion info.
-    """
-    from ghostnetv3.deploy.prepare import to_deploy_form
+def _check_request(fmt: str, output: Path, dynamic_batch: bool, batch_size: int,
+                   input_size: Sequence[int]) -> tuple[int, ...]:
+    """Every refusal that needs no work, before any: the format, its flags, the input size and
+    the destination."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
     if fmt in EDGE_FORMATS and dynamic_batch:
         raise ValueError(f"--dynamic-batch is for onnx; a {fmt} file has a fixed batch (--batch-size)")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1 (got {batch_size})")
-    input_size = tuple(int(s) for s in input_size)
-    if len(input_size) != 3:
-        raise ValueError(f"input size is C H W, got {input_size}")
-    sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1))
-    fused, info = to_deploy_form(model, sample, log=log)
-    if info["fusion_max_diff"] is not None and not info["fusion_max_diff"] <= tolerance:
-        log(f"warning: the fused model differs from the unfused one by {info['fusion_max_diff']:.3g} "
-            f"(> {tolerance:g}); the export is checked against the fused model")
-    final = Path(output)
-    if fmt in EDGE_FORMATS and final.suffix != EDGE_FORMATS[fmt]:
-        raise ValueError(f"--output {final}: {fmt} files end in {EDGE_FORMATS[fmt]}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
-    try:
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 3:
+        raise ValueError(f"input size is C H W, got {size}")
+    if fmt in EDGE_FORMATS and output.suffix != EDGE_FORMATS[fmt]:
+        raise ValueError(f"--output {output}: {fmt} files end in {EDGE_FORMATS[fmt]}")
+    check_writable(output)
+    return size
+
+
+def _write_and_verify(fused: nn.Module, tmp: Path, fmt: str, input_size: tuple[int, ...], dynamic_batch: bool,
+                      opset: int, cfg: dict, batch_size: int, log: Callable[[str], None]
+                      ) -> tuple[float, tuple[int, ...]]:
+    """Export to `tmp`, then run it in its runtime: (max |diff| to PyTorch, batch sizes checked)."""
+    with step(log, f"writing {fmt}"):
         if fmt == "onnx":
             export_onnx(fused, tmp, input_size, dynamic_batch=dynamic_batch, opset=opset, cfg=cfg)
         elif fmt == "torchscript":
             export_torchscript(fused, tmp, input_size, cfg=cfg)
         else:
             export_edge(fused, tmp, fmt, input_size, batch_size, meta=_metadata(cfg))
-        if fmt in EDGE_FORMATS:
-            batch_sizes: tuple[int, ...] = (batch_size,)
-        else:  # a traced module runs at any batch size, so check batch 3 as well
-            batch_sizes = (1, 3) if dynamic_batch or fmt == "torchscript" else (1,)
-        diff = verify_export(fused, tmp, fmt, input_size, batch_sizes)
-        if not diff <= tolerance:  # NaN fails too
-            raise ExportMismatchError(f"{fmt} output differs from PyTorch: max |diff| = {diff:.3g} > "
-                                      f"tolerance {tolerance:g} (nothing written to {final})", diff)
-        size = file_size(tmp, fmt) if fmt in EDGE_FORMATS else tmp.stat().st_size
-        if fmt in EDGE_FORMATS:
-            commit_files(tmp, final, fmt)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if fmt in EDGE_FORMATS:
-            discard_files(tmp, fmt)
-        elif tmp.exists():
-            tmp.unlink()
+    if fmt in EDGE_FORMATS:
+        batch_sizes: tuple[int, ...] = (batch_size,)
+    else:  # a traced module runs at any batch size, so check batch 3 as well
+        batch_sizes = (1, 3) if dynamic_batch or fmt == "torchscript" else (1,)
+    with step(log, f"checking the {fmt} file against PyTorch in its runtime"):
+        return verify_export(fused, tmp, fmt, input_size, batch_sizes), batch_sizes
+
+
+def export_model(model: nn.Module, output: str | os.PathLike, fmt: str = "onnx",
+                 input_size: Sequence[int] = (3, 224, 224), dynamic_batch: bool = False,
+                 opset: int = 17, tolerance: float = 1e-4, cfg: Optional[dict] = None,
+                 log: Callable[[str], None] = print, batch_size: int = 1) -> dict[str, Any]:
+    """Fuse (if needed), export, verify. Raises ExportMismatchError beyond `tolerance`, and then
+    `output` is not written (nor any folder made for it; a SIGTERM leaves nothing either). On-device
+    formats have the fixed batch `batch_size`. The file carries `cfg`'s description and the input
+    contract at `input_size` (contract.py).
+
+    Returns a report: output, format, max_diff, batch_sizes checked, fusion info.
+    """
+    final = Path(output)
+    input_size = _check_request(fmt, final, dynamic_batch, batch_size, input_size)
+    c, h, w = input_size
+    cfg = {**(cfg or {}), "in_chans": c, "img_size": h if h == w else [h, w]}
+    sample = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1))
+    fused, info = to_deploy_form(model, sample, log=log)
+    if info["fusion_max_diff"] is not None and not info["fusion_max_diff"] <= tolerance:
+        log(f"warning: the fused model differs from the unfused one by {info['fusion_max_diff']:.3g} "
+            f"(> {tolerance:g}); the export is checked against the fused model")
+    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
+    with sigterm_interrupts(), made_folders(final.parent):
+        try:
+            diff, batch_sizes = _write_and_verify(fused, tmp, fmt, input_size, dynamic_batch, opset, cfg,
+                                                  batch_size, log)
+            if not diff <= tolerance:  # NaN fails too
+                raise ExportMismatchError(f"{fmt} output differs from PyTorch: max |diff| = {diff:.3g} > "
+                                          f"tolerance {tolerance:g} (nothing written to {final})", diff)
+            size = file_size(tmp, fmt) if fmt in EDGE_FORMATS else tmp.stat().st_size
+            if fmt in EDGE_FORMATS:
+                commit_files(tmp, final, fmt)
+            else:
+                os.replace(tmp, final)
+        finally:
+            if fmt in EDGE_FORMATS:
+                discard_files(tmp, fmt)
+            elif tmp.exists():
+                tmp.unlink()
     report = {"output": str(final), "format": fmt, "input_size": list(input_size),
               "dynamic_batch": bool(dynamic_batch or fmt == "torchscript"),
               "max_diff": diff, "tolerance": tolerance, "batch_sizes_checked": list(batch_sizes),

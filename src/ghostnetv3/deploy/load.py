@@ -22,10 +22,12 @@ __all__ = ["load_for_deploy", "read_state_dict", "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
 # Model keys of config.yaml that change the architecture (passed to create_model when set).
-_ARCH_KEYS = ("width", "num_conv_branches", "stem_stride", "drop_rate")
+_ARCH_KEYS = ("width", "num_conv_branches", "stem_stride", "output_stride", "drop_rate")
 # Where a checkpoint dict keeps its weights; EMA first (the paper's reported numbers are EMA's).
 _EMA_KEYS = ("ema", "state_dict_ema", "model_ema")
 _RAW_KEYS = ("model", "state_dict")
+# files that `export` writes, which no deploy command can load back as a PyTorch model
+_EXPORTED_SUFFIXES = {".onnx": "ONNX", ".pte": "ExecuTorch", ".tflite": "LiteRT", ".xml": "OpenVINO"}
 
 
 def _torch_load(path: Path) -> Any:
@@ -179,9 +181,10 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
         cfg["from_run"] = True
     elif path.is_file():
         resolve_run_checkpoint(path, checkpoint)  # --checkpoint best|last on a file is an error
-        if path.suffix == ".onnx":
-            raise ValueError(f"{path} is already an ONNX model; this command needs a run directory, "
-                             f"a PyTorch checkpoint or a model name")
+        if path.suffix in _EXPORTED_SUFFIXES:
+            raise ValueError(f"{path} is already an exported {_EXPORTED_SUFFIXES[path.suffix]} model; this "
+                             f"command needs the model it came from: a run directory, a PyTorch checkpoint "
+                             f"or a model name")
         ckpt_path = path
         cfg = _stored_configs(path)[1]
         if not cfg.get("model") and (path.parent / "config.yaml").is_file():

@@ -16,7 +16,9 @@ import torch
 
 from ghostnetv3.deploy.edge import (EDGE_FORMATS, OBSERVERS, edge_runner, export_edge, export_edge_int8,
                                     file_size, output_files)
-from ghostnetv3.deploy.quantize import commit, eval_batches, staging, top1_of
+from ghostnetv3.deploy.quantize import commit, eval_batches, output_dir, staging, top1_of
+from ghostnetv3.deploy.steps import step
+from ghostnetv3.paths import check_writable
 
 __all__ = ["quantize_edge", "runner_top1"]
 
@@ -45,14 +47,26 @@ def _max_diff(run, reference: torch.nn.Module, input_size, batch: int, seed: int
     return float(np.abs(run(x.numpy()) - ref).max())
 
 
+def _int8_diffs(int8_run, reference: Optional[torch.nn.Module], fused: torch.nn.Module, size, batch: int
+                ) -> dict[str, float]:
+    """How far the lowered INT8 file is from the quantized PyTorch graph (rounding differs between
+    kernels; reported, not enforced) and from the fp32 model."""
+    out = {"int8_max_diff_vs_fp32": _max_diff(int8_run, fused, size, batch)}
+    if reference is not None:
+        out["int8_max_diff_vs_quantized_torch"] = _max_diff(int8_run, reference, size, batch)
+    return out
+
+
 def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 512,
                   eval_data: Optional[str] = None, eval_size: Optional[int] = None,
                   calib_split: str = "train", eval_split: str = "val", output: Optional[str] = None,
                   input_size: Optional[Sequence[int]] = None, per_channel: bool = True,
                   observer: str = "histogram", seed: int = 0, evaluate: bool = True,
                   batch_size: int = 1, tolerance: float = 1e-4, log: Callable[[str], None] = print,
-                  weights: Optional[str] = None, checkpoint: Optional[str] = None) -> dict[str, Any]:
-    """RUN_DIR | CHECKPOINT | MODEL_NAME -> fp32 and INT8 `fmt` files + fp32 vs INT8 top-1."""
+                  weights: Optional[str] = None, checkpoint: Optional[str] = None,
+                  model: Optional[str] = None) -> dict[str, Any]:
+    """RUN_DIR | CHECKPOINT | MODEL_NAME -> fp32 and INT8 `fmt` files + fp32 vs INT8 top-1.
+    `model`: the architecture of a checkpoint that does not say."""
     from ghostnetv3.deploy.export import ExportMismatchError, _metadata
     from ghostnetv3.deploy.load import load_for_deploy
     from ghostnetv3.deploy.prepare import to_deploy_form
@@ -63,52 +77,51 @@ def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 
     if source.suffix in (".onnx", *EDGE_FORMATS.values()):
         raise ValueError(f"{source}: {fmt} INT8 quantizes the PyTorch model; pass its run directory or "
                          f"checkpoint (or use --format onnx for an ONNX file)")
-    model, cfg = load_for_deploy(str(source), weights=weights, checkpoint=checkpoint)
-    log(f"{cfg['model']}: {cfg.get('weights_from', cfg['weights'] + ' weights')}")
-    if input_size:
-        cfg["in_chans"], cfg["img_size"] = int(input_size[0]), int(input_size[1])
-    size = (int(cfg["in_chans"]), int(cfg["img_size"]), int(cfg["img_size"]))
     suffix = EDGE_FORMATS[fmt]
-    out_dir = (Path(output).parent if output else
-               (source / "deploy" if source.is_dir() else source.with_name(source.stem + "_deploy")))
+    out_dir = output_dir(source, output)
     fp32_path = out_dir / f"model_fp32{suffix}"
     int8_path = Path(output) if output else out_dir / f"model_int8{suffix}"
     if int8_path.suffix != suffix:
         raise ValueError(f"--output {int8_path}: {fmt} files end in {suffix}")
+    check_writable(int8_path)
+    net, cfg = load_for_deploy(str(source), weights=weights, checkpoint=checkpoint, model=model)
+    log(f"{cfg['model']}: {cfg.get('weights_from', cfg['weights'] + ' weights')}")
+    if input_size:
+        cfg["in_chans"], cfg["img_size"] = int(input_size[0]), int(input_size[1])
+    size = (int(cfg["in_chans"]), int(cfg["img_size"]), int(cfg["img_size"]))
     # The data is read (and a wrong name reported) before anything is exported or written.
     calib, n_calib = eval_batches(calib_data, calib_split, cfg, calib_size, 64, seed)
     eval_name = eval_data or calib_data
     if evaluate:
         eval_iter, _ = eval_batches(eval_name, eval_split, cfg, eval_size, 256, seed)
 
-    fused, _ = to_deploy_form(model, log=log)
+    fused, _ = to_deploy_form(net, log=log)
     meta = _metadata(cfg)
     report: dict[str, Any] = {"source": str(source), "format": fmt, "fp32_file": str(fp32_path),
                               "int8_file": str(int8_path), "calib_data": f"{calib_data}:{calib_split}",
                               "input_shape": [batch_size, *size]}
     with staging(out_dir) as stage:
         fp32_work, int8_work = stage / fp32_path.name, stage / ("int8_" + int8_path.name)
-        export_edge(fused, fp32_work, fmt, size, batch_size, meta=meta)
-        fp32_run = edge_runner(fp32_work, fmt)
-        diff = _max_diff(fp32_run, fused, size, batch_size)
+        with step(log, f"writing fp32 {fmt} and checking it in its runtime"):
+            export_edge(fused, fp32_work, fmt, size, batch_size, meta=meta)
+            fp32_run = edge_runner(fp32_work, fmt)
+            diff = _max_diff(fp32_run, fused, size, batch_size)
         if not diff <= tolerance:
             raise ExportMismatchError(f"{fmt} fp32 output differs from PyTorch: max |diff| = {diff:.3g} > "
                                       f"tolerance {tolerance:g} (nothing written)", diff)
-        log(f"exported fp32 {fmt} (max |{fmt} - torch| = {diff:.2g}); calibrating INT8 on {n_calib} images "
-            f"of {calib_data}:{calib_split} ({observer} observer, "
-            f"{'per-channel' if per_channel else 'per-tensor'} weights)")
-        _, info, reference = export_edge_int8(fused, int8_work, fmt, size, (x for x, _ in calib), batch_size,
-                                              per_channel, observer, meta=meta)
-        int8_run = edge_runner(int8_work, fmt)
+        log(f"exported fp32 {fmt} (max |{fmt} - torch| = {diff:.2g})")
+        with step(log, f"quantizing INT8 {fmt}: calibrating on {n_calib} images of {calib_data}:{calib_split} "
+                       f"({observer} observer, {'per-channel' if per_channel else 'per-tensor'} weights), "
+                       f"then lowering"):
+            _, info, reference = export_edge_int8(fused, int8_work, fmt, size, (x for x, _ in calib),
+                                                  batch_size, per_channel, observer, meta=meta)
+            int8_run = edge_runner(int8_work, fmt)
         report.update(info, fp32_max_diff=diff, fp32_size_bytes=file_size(fp32_work, fmt),
-                      int8_size_bytes=file_size(int8_work, fmt))
-        # How far the lowered INT8 file is from the quantized PyTorch graph (rounding differs
-        # between kernels; reported, not enforced) and from the fp32 model.
-        if reference is not None:
-            report["int8_max_diff_vs_quantized_torch"] = _max_diff(int8_run, reference, size, batch_size)
-        report["int8_max_diff_vs_fp32"] = _max_diff(int8_run, fused, size, batch_size)
+                      int8_size_bytes=file_size(int8_work, fmt), **_int8_diffs(int8_run, reference, fused, size,
+                                                                               batch_size))
         if evaluate:
-            (fp32_top1, int8_top1), n = runner_top1([fp32_run, int8_run], eval_iter, batch_size)
+            with step(log, f"scoring fp32 and INT8 {fmt} on {eval_name}:{eval_split}"):
+                (fp32_top1, int8_top1), n = runner_top1([fp32_run, int8_run], eval_iter, batch_size)
             report.update(eval_data=f"{eval_name}:{eval_split}", eval_images=n, fp32_top1=fp32_top1,
                           int8_top1=int8_top1, top1_drop=fp32_top1 - int8_top1)
         del fp32_run, int8_run  # OpenVINO keeps the .bin mapped; let go before moving it

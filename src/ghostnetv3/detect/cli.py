@@ -52,13 +52,18 @@ def add_parser(subparsers) -> None:
     b.set_defaults(func=_cmd_bench)
 
 
+# what to do with a finished detection run (RUN: its directory)
+NEXT_STEPS = "ghostnetv3 detect eval RUN  |  ghostnetv3 detect export RUN -o det.onnx  |  ghostnetv3 detect bench RUN"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ghostnetv3.engine.cli import config_from_args
+    from ghostnetv3.engine.cli import config_from_args, format_summary, start_threads
     from ghostnetv3.engine.train import TrainingInterrupted, train
 
     from .task import DetectionTask
 
     cfg = config_from_args(args)
+    start_threads(args.threads)
     try:
         summary = train(cfg, task=DetectionTask())
     except TrainingInterrupted as e:
@@ -66,6 +71,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 128 + e.signum
     if summary:
+        print(format_summary(summary, metric="map", label="mAP@[.5:.95]", next_steps=NEXT_STEPS))
         print(json.dumps(summary))
     return 0
 

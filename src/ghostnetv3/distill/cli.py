@@ -35,7 +35,8 @@ def add_parser(subparsers) -> None:
                    help="logits (full, fp16) or topk; auto: logits up to 64 classes (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache that does not match")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    from ghostnetv3.engine.cli import add_config_flags
+    from ghostnetv3.engine.cli import add_config_flags, add_threads_flag
+    add_threads_flag(p)
     # --output names the cache file here; training flags (--epochs, --lr, ...) are accepted but not shown
     add_config_flags(p, skip=("output",), keys=_CACHE_KEYS)
     p.set_defaults(func=_cmd_cache)
@@ -67,7 +68,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     import torch
 
     from ghostnetv3.data import BatchAugment
-    from ghostnetv3.engine.cli import config_from_args
+    from ghostnetv3.engine.cli import apply_threads, config_from_args
     from ghostnetv3.engine.train import aug_config, load_datasets
 
     from .cache import TeacherCache, build_cache, size_on_disk
@@ -81,6 +82,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if cfg.aa:
         raise ValueError("--aa (RandAugment) runs per sample outside the replayable batched augmentation; "
                          "a cache cannot replay its views. Drop --aa")
+    apply_threads(args.threads)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     train_set, _ = load_datasets(cfg)  # the engine's own loading: the same images, subset and order

@@ -210,6 +210,10 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no such run directory or checkpoint: {p}")
 
 
+def _same(a: Any, b: Any) -> bool:
+    return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
+
 def config_file_edits(run_dir: str | os.PathLike, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Keys where RUN_DIR/config.yaml differs from the config saved in a checkpoint:
     {key: (checkpoint's value, config.yaml's value)}. The checkpoint's config is the truth in every
@@ -223,21 +227,52 @@ def config_file_edits(run_dir: str | os.PathLike, saved: dict[str, Any]) -> dict
         return {"config.yaml": ("readable", "unreadable")}
     if not isinstance(on_disk, dict):
         return {"config.yaml": ("a mapping", type(on_disk).__name__)}
-
-    def same(a, b):
-        return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
-
     return {k: (saved.get(k), v) for k, v in on_disk.items()
-            if k not in RUN_KEYS and k in saved and not same(saved.get(k), v)}
+            if k not in RUN_KEYS and k in saved and not _same(saved.get(k), v)}
+
+
+def _config_of_last(run_dir: Path, checkpoint: Path) -> Optional[dict[str, Any]]:
+    """The config inside RUN_DIR/last.pt when `checkpoint` is another file of the run (its best.pt);
+    memory-mapped, so the weights are not read. None when there is none or it does not read."""
+    last = run_dir / LAST
+    try:
+        if not last.is_file() or last.resolve() == checkpoint.resolve():
+            return None
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a broken last.pt only loses the explanation; eval reads best.pt
+        return None
+    cfg = state.get("config") if isinstance(state, dict) else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _resume_change(key: str, old: Any, new: Any) -> str:
+    """A change `--resume` made, in words: --epochs past the end is an extended schedule."""
+    if key == "epochs" and isinstance(old, int) and isinstance(new, int):
+        kind = "an extended" if new > old else "a shortened"
+        return f"{kind} schedule (epochs {old} -> {new})"
+    return f"{key} {old!r} -> {new!r}"
 
 
 def report_config_edits(run_dir: str | os.PathLike, saved: dict[str, Any], checkpoint: str | os.PathLike,
                         advice: str = "") -> dict[str, tuple[Any, Any]]:
-    """Print one note when config.yaml was edited after the run saved `checkpoint`."""
+    """Print one note when config.yaml differs from the config inside `checkpoint`: either the run was
+    resumed with changed keys after `checkpoint` was saved (a best.pt from before `--resume --epochs N`
+    extended the run: last.pt agrees with config.yaml), or config.yaml was edited by hand."""
     edits = config_file_edits(run_dir, saved)
-    if edits:
-        print(f"note: {Path(run_dir) / 'config.yaml'} differs from the config inside {checkpoint} ("
-              + ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} in config.yaml" for k, (a, b) in edits.items())
+    if not edits:
+        return edits
+    run_dir, checkpoint = Path(run_dir), Path(checkpoint)
+    later = _config_of_last(run_dir, checkpoint) or {}
+    resumed = {k: ab for k, ab in edits.items() if k in later and _same(later[k], ab[1])}
+    if resumed:
+        print(f"note: {checkpoint} was saved before the run was resumed with "
+              + ", ".join(_resume_change(k, a, b) for k, (a, b) in resumed.items())
+              + f"; config.yaml and {LAST} hold the new values (not an edit), and {checkpoint.name}'s own "
+              f"config is used for its weights", file=sys.stderr, flush=True)
+    edited = {k: ab for k, ab in edits.items() if k not in resumed}
+    if edited:
+        print(f"note: {run_dir / 'config.yaml'} differs from the config inside {checkpoint} ("
+              + ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} in config.yaml" for k, (a, b) in edited.items())
               + "); the checkpoint's config is used" + (f" — {advice}" if advice else ""),
               file=sys.stderr, flush=True)
     return edits

@@ -9,13 +9,14 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
+import torch
 
 from ghostnetv3.models.weights import add_weights_flags
 
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import flags as F
+from . import rundir
 
 
 def _suggest(flag: str, options: list[str]) -> str | None:
@@ -60,12 +61,17 @@ class _KeyParser(argparse.ArgumentParser):
                 recipe = args[i + 1]
             elif a.startswith("--config="):
                 recipe = a.split("=", 1)[1]
-        if not recipe or not Path(recipe).is_file():
+        try:  # a recipe that cannot be read shows the plain defaults; running it gives the error
+            data = C.read_yaml(C.find_recipe(recipe)) if recipe else None
+        except (FileNotFoundError, ValueError):
             return
-        values = {C.normalize_key(k): v for k, v in (yaml.safe_load(Path(recipe).read_text()) or {}).items()}
+        if not isinstance(data, dict):
+            return
+        values = {C.normalize_key(k): v for k, v in data.items()}
         for action in self._actions:
             key = action.dest[4:] if action.dest.startswith("key_") else None
-            if key in values and action.help:
+            # a hidden spelling (--key_name) stays hidden: its help is argparse.SUPPRESS, not text
+            if key in values and action.help and action.help is not argparse.SUPPRESS:
                 action.help = action.help.rsplit(" (default:", 1)[0] + f" (recipe: {values[key]!r})".replace("%", "%%")
 
 
@@ -167,6 +173,34 @@ def default_threads() -> int:
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
+THREADS_HELP = ("torch intra-op threads, a positive count (default: OMP_NUM_THREADS if set, else the cores this "
+                "process may use, divided among torchrun's local processes)")
+
+
+def add_threads_flag(p: argparse.ArgumentParser) -> None:
+    """--threads N, meaning the same on every command: torch.set_num_threads(N) (see `apply_threads`)."""
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads 0 (or less) is refused, not read as "the default": a timm user means a count."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads}: give a positive number of threads (1 or more), or leave it out "
+                         f"for the default ({default_threads()} here)")
+
+
+def apply_threads(threads: int | None, log=None) -> int:
+    """torch.set_num_threads(--threads or the default); `log` (default: stderr) gets the note that a busy
+    machine makes several OpenMP threads slower than one. Returns the count."""
+    check_threads(threads)
+    n = threads or default_threads()
+    torch.set_num_threads(n)
+    hint = busy_machine_hint(n)
+    if hint and os.environ.get("RANK", "0") == "0":
+        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(hint)
+    return n
+
+
 def add_train_parser(subparsers, name: str, func, **parser_kwargs) -> argparse.ArgumentParser:
     """A `-c RECIPE [--key value ...]` sub-command (train, detect train): every recipe key is a flag,
     and an unknown flag names the nearest one."""
@@ -174,9 +208,7 @@ def add_train_parser(subparsers, name: str, func, **parser_kwargs) -> argparse.A
     p.__class__ = _KeyParser
     p.add_argument("-c", "--config", dest="recipe", metavar="RECIPE",
                    help="YAML recipe (recipes/*.yaml); with --help, shows the recipe's values")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch intra-op threads (default: OMP_NUM_THREADS if set, else the cores this process "
-                        "may use, divided among torchrun's local processes)")
+    add_threads_flag(p)
     add_config_flags(p)
     p.set_defaults(func=func)
     return p
@@ -202,6 +234,7 @@ def add_parser(subparsers) -> None:
                    help="score N images (seeded), or 'all' (also 0) for the whole validation split "
                         "(default: the run's own validation set)")
     e.add_argument("--device")
+    add_threads_flag(e)
     add_weights_flags(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -231,8 +264,14 @@ def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
 
 def _check_resumable(resume: str) -> None:
     """--resume takes a run directory or its last.pt (timm's habit: a checkpoint file); best.pt holds
-    weights only, so point at what can continue."""
+    weights only, so point at what can continue. A live run that has not saved its first checkpoint yet
+    is named as busy, not as killed."""
     p = Path(resume)
+    if p.is_dir() and not (p / ckpt_io.LAST).is_file():
+        who = rundir.lock_holder(p)
+        if who:
+            raise ValueError(f"{p} is in use by {who}: a training run is writing to it and has not saved its "
+                             f"first checkpoint yet; wait for it to finish or stop it, then --resume {p}")
     if p.is_file() and p.name == ckpt_io.BEST:
         hint = (f"--resume {p.parent}" if (p.parent / ckpt_io.LAST).is_file()
                 else f"--init-checkpoint {p} to start a new run from these weights")
@@ -263,28 +302,30 @@ def _check_device(cfg: C.TrainConfig) -> None:
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
 
 
-def format_summary(summary: dict, metric: str = "top1") -> str:
-    """The few lines a person reads at the end of a run: the best score, where the files are, what next."""
+def format_summary(summary: dict, metric: str = "top1", label: str | None = None,
+                   next_steps: str | None = None) -> str:
+    """The few lines a person reads at the end of a run: the best score, where the files are, what next
+    (`next_steps`: the commands to suggest, with RUN for the run directory)."""
     run = summary.get("run_dir", "RUN_DIR")
     best, epoch, src = summary.get(f"best_{metric}"), summary.get("best_epoch"), summary.get("best_source")
     lines = []
+    name = label or metric
     if best is not None:
         label = {"ema": "EMA", "raw": "raw"}.get(src, src)
         elapsed = summary.get("elapsed_s")
         took = ""
         if isinstance(elapsed, (int, float)):
             took = f" in {elapsed / 60:.1f} min" if elapsed >= 60 else f" in {elapsed:.0f} s"
-        lines.append(f"done: best {metric} {best:.2f} at epoch {epoch} ({label} weights, fused){took}")
+        lines.append(f"done: best {name} {best:.2f} at epoch {epoch} ({label} weights, fused){took}")
     files = [n for n in (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.yaml") if (Path(run) / n).exists()]
     lines.append(f"files: {run}/ {{{', '.join(files)}}}")
-    lines.append(f"next: ghostnetv3 eval {run}  |  ghostnetv3 predict {run} IMAGE  |  "
-                 f"ghostnetv3 export {run} -o model.onnx  |  ghostnetv3 plot {run}")
+    steps = next_steps or ("ghostnetv3 eval RUN  |  ghostnetv3 predict RUN IMAGE  |  ghostnetv3 export RUN -o "
+                           "model.onnx  |  ghostnetv3 plot RUN")
+    lines.append("next: " + steps.replace("RUN", str(run)))
     return "\n".join(lines)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from .train import TrainingInterrupted, train
 
     cfg = config_from_args(args)
@@ -295,16 +336,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{run} is finished: it trained all {done['epoch']} of {cfg.epochs} epochs; nothing to train. "
               f"To train longer: ghostnetv3 train --resume {run} --epochs N (N > {done['epoch']})")
         return 0
-    threads = args.threads or default_threads()
-    if threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"threads: {threads} per process ({'--threads' if args.threads else default_threads_why()})",
-              flush=True)
-        hint = busy_machine_hint(threads)
-        if hint:
-            print(hint, flush=True)
+    start_threads(args.threads)
     try:
         summary = train(cfg)
     except TrainingInterrupted as e:
@@ -314,6 +346,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(format_summary(summary))
         print(json.dumps(summary))
     return 0
+
+
+def start_threads(threads: int | None) -> int:
+    """A training command's threads: set, and said on stdout with why (and the busy-machine note)."""
+    notes: list[str] = []
+    n = apply_threads(threads, log=notes.append)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"threads: {n} per process ({'--threads' if threads else default_threads_why()})", flush=True)
+        for note in notes:
+            print(note, flush=True)
+    return n
 
 
 def busy_machine_hint(threads: int) -> str | None:
@@ -343,6 +386,7 @@ def default_threads_why() -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, format_report, parse_val_subset
 
+    apply_threads(args.threads)
     r = evaluate_checkpoint(args.checkpoint, data=args.data, batch_size=args.batch_size,
                             val_subset=parse_val_subset(args.val_subset), device=args.device,
                             weights=args.weights, checkpoint=args.run_checkpoint,
@@ -352,7 +396,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from ghostnetv3.paths import check_writable
+
     from .plot import plot_run
 
+    # the destination first: a read-only folder is one line, not matplotlib's OSError at the end
+    if args.out or Path(args.run_dir).is_dir():  # a missing run is plot_run's to report
+        check_writable(args.out or Path(args.run_dir) / "curves.png", "-o")
     print(plot_run(args.run_dir, args.out))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from .layout import auto_img_size
+
+
+DEFAULT_LR = 0.05  # the peak lr when neither lr nor lr_base is given
 
 
 @dataclass
@@ -35,6 +41,8 @@ class TrainConfig:
     rep_init: str = "scaled"             # branch BN gamma at init: scaled (1/sqrt(branches at the site)) | reference (1)
     width: Optional[float] = None        # None: the width in the model's name
     stem_stride: Optional[int] = None    # 1 keeps tiny images (28-32 px) from shrinking to 1x1
+    output_stride: Optional[int] = None  # total downsampling (32: the paper's layout); None: from img_size
+                                         # (engine/layout.py; GhostNet models)
     drop_rate: Optional[float] = None    # classifier dropout; None: the model's default
     repify: bool = False                 # add re-parameterization branches to any CNN (rep.repify)
     sync_bn: bool = False                # DDP: synchronise BatchNorm statistics across ranks
@@ -70,9 +78,12 @@ class TrainConfig:
     # --- optimisation (SPEC section 3 defaults) ---
     epochs: int = 300
     time_limit: Optional[float] = None   # minutes of training (evaluation excluded): the schedule is planned to end then
-    batch_size: int = 128                # the GLOBAL batch: each of N DDP ranks sees batch_size // N
+    batch_size: Optional[int] = None     # the GLOBAL batch (images per optimizer step): each of N DDP ranks sees batch_size // N; None/auto: 128, halved on small data until an epoch has 8 steps
+    grad_accum_steps: int = 1            # run each batch as N micro-batches, one optimizer step per batch: the same effective batch in less memory
     opt: str = "sgd"
-    lr: float = 0.05
+    lr: Optional[float] = None           # peak learning rate (after warmup); None: from lr_base when that is set, else 0.05
+    lr_base: Optional[float] = None      # timm: when lr is not given, lr = lr_base x batch_size / lr_base_size
+    lr_base_size: int = 256              # the batch size lr_base is meant for
     momentum: float = 0.9
     weight_decay: float = 2e-5
     sched: str = "cosine"
@@ -108,22 +119,33 @@ class TrainConfig:
     resume: Optional[str] = None         # a run directory (or checkpoint file) to continue exactly
     checkpoint_interval: Optional[int] = None  # also save last.pt every N optimizer steps
     log_interval: int = 50
+    eval_metric: str = "top1"            # top1 | top5 | loss: the validation number that picks best.pt
+    log_tensorboard: Optional[bool] = None  # None/auto: also write RUN/tb when tensorboard is installed; true: required
+    log_wandb: bool = False              # also log to Weights & Biases (needs wandb; project from $WANDB_PROJECT)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name)))
         choices = {"amp": ("none", "bf16", "fp16"), "crop_mode": ("rrc", "pad_crop", "none"),
                    "on_bad_image": ("fail", "skip"), "data_mode": ("memory", "stream", "auto"),
-                   "kd_loss": ("kl", "soft-ce", "hard"), "rep_init": ("reference", "scaled")}
+                   "kd_loss": ("kl", "soft-ce", "hard"), "rep_init": ("reference", "scaled"),
+                   "eval_metric": ("top1", "top5", "loss")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        if self.batch_size < 1 or self.epochs < 1:
+        if self.lr is None and self.lr_base is None:
+            self.lr = DEFAULT_LR
+        if (self.batch_size is not None and self.batch_size < 1) or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
+        for key in ("grad_accum_steps", "lr_base_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: {getattr(self, key)}; give a positive number")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit: {self.time_limit} minutes; give a positive number (or leave it unset)")
         if not 0 < self.model_ema_horizon <= 1:
             raise ValueError(f"model_ema_horizon: {self.model_ema_horizon}; a fraction of the run in (0, 1]")
+        for key in ("train_subset", "val_subset"):
+            check_subset_size(key, getattr(self, key))
 
     @property
     def data_split_seed(self) -> int:
@@ -141,6 +163,14 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         check_keys(changes)
         return dataclasses.replace(self, **changes)
+
+
+def check_subset_size(key: str, n: Optional[int]) -> None:
+    """The one rule for --train-subset/--val-subset (train, eval): a positive number of images, or unset
+    for all of them. A negative N would slice as "all but N" (-5: 59,995 of 60,000 images)."""
+    if n is not None and n < 1:
+        raise ValueError(f"--{key.replace('_', '-')} {n}: give a positive number of images, or leave it "
+                         f"unset to use all of them")
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -177,7 +207,36 @@ def is_sequence(name: str) -> bool:
 
 
 # keys whose unset value (None) means "chosen for the run"; `auto` on the CLI or in YAML says the same
-AUTO_KEYS = ("warmup_epochs", "model_ema_decay", "channels_last")
+AUTO_KEYS = ("warmup_epochs", "model_ema_decay", "channels_last", "batch_size", "log_tensorboard")
+
+
+# allowed ranges of float keys: (low, high, low excluded); NaN and infinity are refused for every float key,
+# so `--lr nan` or `lr: -0.1` stop before any work, the same from YAML and the command line
+_FLOAT_RANGES = {
+    **{k: (0.0, None, False) for k in ("lr", "min_lr", "warmup_lr", "weight_decay", "mixup", "cutmix",
+                                       "color_jitter", "warmup_epochs", "kd_weight", "ce_weight",
+                                       "data_memory_limit_gb")},
+    **{k: (0.0, 1.0, False) for k in ("momentum", "smoothing", "drop_rate", "hflip", "vflip", "reprob",
+                                      "mixup_prob", "model_ema_decay")},
+    **{k: (0.0, None, True) for k in ("clip_grad", "kd_temperature", "width", "std", "lr_base")},
+    **{k: (0.0, 1.0, True) for k in ("eval_crop_pct", "val_fraction")},
+}
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+def _check_float(name: str, v: float) -> float:
+    """`v` if it is a finite number in the key's range, else a one-line error naming the key."""
+    if not math.isfinite(v):
+        raise _OutOfRange(f"{name}: {v} is not a finite number; give a number")
+    low, high, low_excluded = _FLOAT_RANGES.get(name, (None, None, False))
+    if low is not None and (v <= low if low_excluded else v < low) or high is not None and v > high:
+        lo = f"> {low:g}" if low_excluded else f">= {low:g}"
+        want = f"a number {lo}" + (f" and <= {high:g}" if high is not None else "")
+        raise _OutOfRange(f"{name}: {v:g} is out of range; give {want}")
+    return v
 
 
 def coerce(name: str, value: Any) -> Any:
@@ -204,7 +263,7 @@ def coerce(name: str, value: Any) -> Any:
                 value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
             if not isinstance(value, (list, tuple)):
                 value = [value]
-            return tuple(float(v) for v in value)
+            return tuple(_check_float(name, float(v)) for v in value)
         if base is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -214,8 +273,10 @@ def coerce(name: str, value: Any) -> Any:
                     raise ValueError
             return int(value)
         if base is float:
-            return float(value)
+            return _check_float(name, float(value))
         return str(value)
+    except _OutOfRange:
+        raise
     except (TypeError, ValueError):
         raise ValueError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
 
@@ -224,9 +285,7 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Trai
     """Recipe file (optional) + overrides (None values are ignored) -> TrainConfig."""
     values: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"recipe not found: {p}")
+        p = find_recipe(path)
         data = read_yaml(p)
         if not isinstance(data, dict):
             raise ValueError(f"{p}: a recipe is a mapping of key: value")
@@ -235,7 +294,43 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Trai
     overrides = {normalize_key(k): v for k, v in overrides.items() if v is not None}
     check_keys(overrides)
     values.update(overrides)
+    for key in ("train_subset", "val_subset"):  # refused before the data is looked at
+        if values.get(key) is not None:
+            check_subset_size(key, coerce(key, values[key]))
+    if "img_size" not in values and not values.get("resume"):  # the input size follows the data
+        values["img_size"], why = auto_img_size(values.get("data", TrainConfig.data))
+        if os.environ.get("RANK", "0") == "0":
+            print(why, flush=True)
     return TrainConfig(**values)
+
+
+# the recipes shipped with the package (ghostnetv3/recipes in a wheel), else the clone's recipes/ (source tree)
+_PACKAGE = Path(__file__).resolve().parents[1]
+SHIPPED_RECIPE_DIRS = (_PACKAGE / "recipes", _PACKAGE.parents[1] / "recipes")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """{name: path} of the shipped recipes (and ablation plans, ablation_*)."""
+    d = next((d for d in SHIPPED_RECIPE_DIRS if d.is_dir()), None)
+    return {} if d is None else {p.stem: p for p in sorted(d.glob("*.yaml"))}
+
+
+def find_recipe(name: str | os.PathLike) -> Path:
+    """`-c NAME`: a file in the working directory (NAME or NAME.yaml) first, then a shipped recipe of that
+    name (`fashion_mnist`, `fashion-mnist`, `recipes/fashion_mnist.yaml` all name the same one)."""
+    p = Path(name)
+    for c in [p] + ([p.with_name(p.name + ".yaml")] if p.name and p.suffix != ".yaml" else []):
+        if c.is_file():
+            return c
+    shipped = shipped_recipes()
+    if p.parent in (Path("."), Path("recipes")):
+        stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
+        for key in (stem, stem.replace("-", "_")):
+            if key in shipped:
+                return shipped[key]
+    names = [n for n in shipped if not n.startswith("ablation")]
+    raise FileNotFoundError(f"recipe not found: {p} (not in the working directory, nor a shipped recipe: "
+                            f"{', '.join(names) or 'none installed'})")
 
 
 def read_yaml(path: Path) -> Any:
@@ -250,5 +345,13 @@ def read_yaml(path: Path) -> Any:
 
 
 def from_checkpoint_dict(d: dict[str, Any]) -> TrainConfig:
-    """A config stored in a checkpoint; keys this version no longer knows are dropped."""
-    return TrainConfig(**{k: v for k, v in d.items() if k in FIELDS})
+    """A config stored in a checkpoint; keys this version no longer knows are dropped.  A checkpoint
+    written before `output_stride` existed (2026-12-07) was trained in the paper's layout: it gets
+    that layout, not the one the input-size rule would pick today."""
+    values = {k: v for k, v in d.items() if k in FIELDS}
+    if "output_stride" not in d and str(d.get("model", "")).startswith(LEGACY_LAYOUT_MODELS):
+        values["output_stride"] = 16 * int(d.get("stem_stride") or 2)
+    return TrainConfig(**values)
+
+
+LEGACY_LAYOUT_MODELS = ("ghostnetv3_", "ghostnetv2_", "gnv3_", "gnv2_")

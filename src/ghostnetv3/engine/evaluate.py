@@ -16,8 +16,9 @@ from ghostnetv3.models.weights import pick_weights
 from ghostnetv3.rep import verify_fusion
 
 from .checkpoint import report_config_edits
-from .config import from_checkpoint_dict
-from .inputs import check_eval_classes
+from .config import TrainConfig, check_subset_size, from_checkpoint_dict
+from .inputs import check_eval_classes, describe_eval_transform, describe_subset, eval_aug_config, val_subset_seed
+from .inputs import val_subset as val_subset_of
 from .train import _val_loader, build_model, evaluate, load_datasets, reparameterize
 
 ALL = "all"  # --val-subset all: every image of the validation split
@@ -33,8 +34,7 @@ def parse_val_subset(value) -> Optional[int] | str:
         n = int(value)
     except ValueError:
         raise ValueError(f"--val-subset: expected a number of images or 'all', got {value!r}") from None
-    if n < 0:
-        raise ValueError(f"--val-subset must be positive (or 'all'), got {n}")
+    check_subset_size("val_subset", n)  # train's rule
     return n
 
 
@@ -64,8 +64,9 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
                         val_subset: Optional[int | str] = None, device: Optional[str] = None,
                         val_set=None, confusion: bool = False, weights: Optional[str] = None,
                         checkpoint: Optional[str] = None, progress: bool = False) -> dict[str, Any]:
-    """Returns {checkpoint, model, data, n, val_set, raw, ema (None without EMA), fused, fused_from, weights_why,
-    fusion_max_diff}; raw/ema/fused are {top1, top5, loss, n} (fused also `confusion` when asked).
+    """Returns {checkpoint, model, data, n, val_set (which images, in words), val_subset_seed, raw, ema (None
+    without EMA), fused, fused_from, weights_why, fusion_max_diff, eval_transform (in words)}; raw/ema/fused
+    are {top1, top5, loss, n} (fused also `confusion` when asked).
 
     `val_subset`: None keeps the run's validation set (what picked best.pt), 'all' scores the whole split.
     `weights`/`checkpoint`: which weights are fused (ghostnetv3.models.weights; default the shipped ones)."""
@@ -75,16 +76,11 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
         raise ValueError(f"{ckpt_path} is not a ghostnetv3 run checkpoint (no config inside); "
                          f"evaluate it by starting a run with --init-checkpoint, or use `ghostnetv3 fuse`")
     report_config_edits(ckpt_path.parent, state["config"], ckpt_path)  # the checkpoint's config is the truth
-    cfg = from_checkpoint_dict(state["config"])
-    run_subset = cfg.val_subset
-    changes = dict(data=data, batch_size=batch_size, device=device)
-    if val_subset is not None:
-        changes["val_subset"] = None if val_subset == ALL else val_subset
-    cfg = cfg.replace(pretrained=False, init_checkpoint=None, resume=None,
-                      **{k: v for k, v in changes.items() if v is not None or k == "val_subset"})
+    cfg = _eval_config(state["config"], data=data, batch_size=batch_size, device=device, val_subset=val_subset)
     dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    total = None
     if val_set is None:  # the run's own data path: in memory, or streamed (--data-mode) for big folders
-        val_set = load_datasets(cfg, val_only=True)[1]
+        val_set, total = _load_val_set(cfg)
     check_eval_classes(cfg.data, val_set, state, ckpt_path)  # count and names
     loader = _val_loader(cfg, val_set, state["in_chans"], dev)
 
@@ -96,12 +92,14 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     def score(model, what, **kw):
         return evaluate(model, _Progress(loader, f"eval {what}", progress), dev, **kw)
 
+    which = (describe_subset(len(val_set.labels), total, cfg.seed) if hasattr(val_set, "labels")
+             else "the whole validation stream")
+    run_subset = state["config"].get("val_subset")
     if val_subset is None and run_subset is not None:
-        which = f"the run's {run_subset}-image validation subset; --val-subset all scores the whole split"
-    else:
-        which = "the whole validation split" if cfg.val_subset is None else f"a seeded {cfg.val_subset}-image subset"
+        which = f"the run's own validation set: {which}; --val-subset all scores the whole split"
     out: dict[str, Any] = {"checkpoint": str(ckpt_path), "model": state["model_name"], "data": cfg.data,
-                           "val_set": which}
+                           "val_set": which,
+                           "val_subset_seed": val_subset_seed(cfg.seed) if cfg.val_subset is not None else None}
     raw = load(state["state_dict"])
     out["raw"] = score(raw, "raw")
     out["ema"] = None
@@ -117,11 +115,41 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     x = next(iter(loader)).images[:16]
     out["fusion_max_diff"] = verify_fusion(src, fused, x)  # per-branch math vs the fused convs
     out["n"] = out["raw"]["n"]
+    out["eval_transform"] = _transform_text(eval_aug_config(cfg, state["in_chans"]), raw)
     return out
 
 
+def _eval_config(saved: dict[str, Any], *, data, batch_size, device, val_subset) -> TrainConfig:
+    """The run's config as saved in its checkpoint, with what eval was told to change."""
+    changes = {k: v for k, v in dict(data=data, batch_size=batch_size, device=device).items() if v is not None}
+    if val_subset is not None:
+        changes["val_subset"] = None if val_subset == ALL else val_subset
+    return from_checkpoint_dict(saved).replace(pretrained=False, init_checkpoint=None, resume=None, **changes)
+
+
+def _load_val_set(cfg: TrainConfig):
+    """(the validation set `cfg` scores, the size of its whole split; None for an iterable source). The
+    subset is `inputs.val_subset`, as in training and `quantize --eval-size`."""
+    full = load_datasets(cfg.replace(val_subset=None), val_only=True)[1]
+    if getattr(full, "iterable", False):
+        return full, None
+    return val_subset_of(full, cfg.val_subset, cfg.seed), len(full.labels)
+
+
+def _transform_text(aug, model) -> str:
+    """The eval transform in words; when the model's timm pretrained_cfg (ImageNet's recipe) says
+    otherwise, that it is not what this run is scored with."""
+    text = describe_eval_transform(aug)
+    pc = getattr(model, "pretrained_cfg", None) or {}
+    theirs = (pc.get("interpolation"), pc.get("crop_pct"))
+    if theirs[0] is not None and theirs != (aug.interpolation, aug.eval_crop_pct):
+        text += (f" — as the run validated (the model's pretrained_cfg says {theirs[0]}, crop_pct {theirs[1]:g}: "
+                 f"timm's ImageNet recipe, not this run's)")
+    return text
+
+
 def format_report(r: dict[str, Any]) -> str:
-    lines = [f"{r['model']} on {r['data']} ({r['n']} images: {r.get('val_set', 'validation set')}) — "
+    lines = [f"{r['model']} on {r['data']}, {r.get('val_set') or str(r['n']) + ' validation images'} — "
              f"{r['checkpoint']}",
              f"{'weights':<14}{'top-1':>8}{'top-5':>8}{'loss':>9}"]
     for name, key in (("raw", "raw"), ("EMA", "ema"), (f"fused {r['fused_from']}", "fused")):
@@ -129,6 +157,8 @@ def format_report(r: dict[str, Any]) -> str:
         if m is not None:
             lines.append(f"{name:<14}{m['top1']:>8.2f}{m['top5']:>8.2f}{m['loss']:>9.4f}")
     lines.append(f"fusion max |diff| of logits: {r['fusion_max_diff']:.2e}")
+    if r.get("eval_transform"):
+        lines.append(f"eval transform: {r['eval_transform']}")
     lines.append(f"fused = what `export` and `predict` ship: {'EMA' if r['fused_from'] == 'ema' else 'raw'} weights "
                  f"of {Path(r['checkpoint']).name} ({r.get('weights_why', '')}); "
                  f"choose with --weights raw|ema --checkpoint best|last")

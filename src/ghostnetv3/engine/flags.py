@@ -16,7 +16,7 @@ from .config import TrainConfig
 # allowed values (TrainConfig.__post_init__ enforces them; tests/cli checks the two agree)
 CHOICES = {"amp": ("none", "bf16", "fp16"), "crop_mode": ("rrc", "pad_crop", "none"),
            "on_bad_image": ("fail", "skip"), "data_mode": ("memory", "stream", "auto"),
-           "kd_loss": ("kl", "soft-ce", "hard")}
+           "kd_loss": ("kl", "soft-ce", "hard"), "eval_metric": ("top1", "top5", "loss")}
 
 # keys config.py leaves without a comment
 _HELP = {

@@ -82,6 +82,28 @@ def lock_run_dir(run_dir: str | os.PathLike, created: bool = False) -> RunDirLoc
     return lock
 
 
+def lock_holder(run_dir: str | os.PathLike) -> Optional[str]:
+    """'process PID' (or 'another process') when a live process holds RUN_DIR's lock, else None.
+    Probes with a shared lock released at once; never creates the lock file."""
+    run_dir = Path(run_dir)
+    if run_dir.resolve() in _held:
+        return None
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file: no run has ever locked it
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _holder(fd)
+        return f"process {pid}" if pid else "another process"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def held_dirs() -> set[Path]:
     return set(_held)
 

@@ -12,8 +12,10 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import random
+import secrets
 import signal
 import threading
 import time
@@ -27,18 +29,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ghostnetv3.errors import SaveError, UserError
+from ghostnetv3.rep.count import count_params_macs
 
 from . import checkpoint as ckpt_io
 from . import rundir
-from .budget import (CHANNELS_LAST_MARGIN, RunPlan, TimeBudget, build_scheduler, choose_channels_last,
-                     ema_warmup_gamma, make_plan)
+from .budget import (CHANNELS_LAST_MARGIN, PROBE_MAX_S, RunPlan, TimeBudget, auto_batch_size, build_scheduler,
+                     choose_channels_last, drop_last_batch, ema_warmup_gamma, few_steps_warning, make_plan,
+                     scaled_lr)
 from .config import TrainConfig
-from .inputs import check_train_classes
+from .inputs import check_train_classes, eval_aug_config, subset, val_subset
+from .layout import describe_layout, resolve_output_stride
+from .plot import schedule_record
 
 FORMAT = "ghostnetv3-train/1"
 # keys that say how to run, not what to compute: changing them on resume keeps it exact
-_RUN_KEYS = {"resume", "output", "experiment", "log_interval", "checkpoint_interval", "workers", "device"}
-OUR_MODELS = ("ghostnetv3_", "ghostnetv2_")
+_RUN_KEYS = {"resume", "output", "experiment", "log_interval", "checkpoint_interval", "workers", "device",
+             "log_tensorboard", "log_wandb"}
 
 
 class TrainingInterrupted(UserError):
@@ -56,7 +62,7 @@ class NonFiniteLoss(UserError):
 # --------------------------------------------------------------------------- building blocks
 
 def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-    from ghostnetv3.models import create_model
+    from ghostnetv3.models import create_model, is_ours
 
     kwargs: dict[str, Any] = {}
     if cfg.drop_rate is not None:
@@ -64,10 +70,13 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     model_knobs = {"num_conv_branches": cfg.num_conv_branches, "width": cfg.width, "stem_stride": cfg.stem_stride,
                    "scale_branch": cfg.scale_branch, "identity_branch": cfg.identity_branch}
     set_knobs = {k: v for k, v in model_knobs.items() if v is not None}
-    if set_knobs and not cfg.model.startswith(OUR_MODELS) and not cfg.repify:
+    if set_knobs and not is_ours(cfg.model) and not cfg.repify:
         raise ValueError(f"{', '.join(set_knobs)} apply to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
-    if cfg.model.startswith(OUR_MODELS):
-        kwargs.update(set_knobs, rep_init=cfg.rep_init)
+    if is_ours(cfg.model):  # ghostnetv3_100 or timm's name gnv3_100
+        kwargs.update(set_knobs, rep_init=cfg.rep_init,
+                      output_stride=resolve_output_stride(cfg.model, cfg.img_size, cfg.stem_stride, cfg.output_stride))
+    elif cfg.output_stride not in (None, 32):
+        raise ValueError(f"output_stride applies to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
     model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, pretrained=cfg.pretrained, **kwargs)
     if cfg.repify:
         try:
@@ -85,6 +94,15 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
         from ghostnetv3.models import load_checkpoint
         load_checkpoint(model, cfg.init_checkpoint, use_ema=True, reset_head=cfg.reset_head)
     return model
+
+
+def layout_line(model: nn.Module, img_size: int, in_chans: int) -> str:
+    """'layout: stem stride 2, output stride 8 (maps ...) | fused 1.58M params, 7.0M MACs' (GhostNet)."""
+    layout = describe_layout(model, img_size)
+    if not layout:
+        return ""
+    params, macs = count_params_macs(reparameterize(model), (in_chans, img_size, img_size))
+    return f"layout: {layout} | fused {params / 1e6:.2f}M params, {macs / 1e6:.1f}M MACs per image"
 
 
 def reparameterize(model: nn.Module) -> nn.Module:
@@ -144,18 +162,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none",
     return out
 
 
-def subset(ds, n: Optional[int], seed: int):
-    """The first n images of a seeded permutation (same images for the same seed)."""
-    if n is None or n >= len(ds.labels):
-        return ds
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds.labels), generator=g)[:n].sort().values
-    return ds.subset(idx)
-
-
 def aug_config(cfg: TrainConfig, in_chans: int, train: bool):
     from ghostnetv3.data import AugConfig
 
+    if not train:
+        return eval_aug_config(cfg, in_chans)  # one eval transform for validation, eval and quantize
     kwargs = dict(image_size=cfg.img_size, in_chans=in_chans, train=train, scale=cfg.scale, ratio=cfg.ratio,
                   crop_mode=cfg.crop_mode, padding=cfg.padding, hflip=cfg.hflip, vflip=cfg.vflip,
                   color_jitter=cfg.color_jitter, reprob=cfg.reprob, interpolation=cfg.interpolation)
@@ -182,15 +193,14 @@ def load_datasets(cfg: TrainConfig, *, val_only: bool = False):
         common = dict(seed=cfg.data_split_seed, val_fraction=cfg.val_fraction, num_classes=cfg.num_classes)
         val_set = open_stream_set(cfg.data, "val", **common)
         if val_only:
-            return None, val_set if getattr(val_set, "iterable", False) else subset(val_set, cfg.val_subset,
-                                                                                     cfg.seed + 1)
+            return None, val_subset(val_set, cfg.val_subset, cfg.seed)
         train_set = open_stream_set(cfg.data, "train", num_samples=cfg.train_num_samples, **common)
         if train_set.iterable:
             return train_set, val_set
-        return subset(train_set, cfg.train_subset, cfg.seed), subset(val_set, cfg.val_subset, cfg.seed + 1)
+        return subset(train_set, cfg.train_subset, cfg.seed), val_subset(val_set, cfg.val_subset, cfg.seed)
     common = dict(seed=cfg.data_split_seed, val_fraction=cfg.val_fraction, on_bad_image=cfg.on_bad_image,
                   image_size=cfg.img_size, in_chans=cfg.in_chans)
-    val_set = subset(load_dataset(cfg.data, split="val", **common), cfg.val_subset, cfg.seed + 1)
+    val_set = val_subset(load_dataset(cfg.data, split="val", **common), cfg.val_subset, cfg.seed)
     if val_only:
         return None, val_set
     return subset(load_dataset(cfg.data, split="train", **common), cfg.train_subset, cfg.seed), val_set
@@ -224,7 +234,7 @@ def init_distributed(cfg: TrainConfig) -> tuple[Dist, torch.device]:
         torch.cuda.set_device(device)
     if d.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if cfg.batch_size % d.world_size:
+    if cfg.batch_size is not None and cfg.batch_size % d.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly "
                          f"over {d.world_size} processes")
     return d, device
@@ -284,31 +294,74 @@ def trim_metrics(path: Path, epoch: int, step: int) -> None:
     ckpt_io.atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
 
+def tensorboard_writer_class(want: Optional[bool]):
+    """torch's SummaryWriter, or None: `want` None (auto) when tensorboard is installed, True requires
+    it (one line saying how to install it), False never."""
+    if want is False:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is an optional package
+    except ImportError:
+        if want:
+            raise UserError("--log-tensorboard needs the tensorboard package, which is not installed: "
+                            "pip install tensorboard (or drop --log-tensorboard)") from None
+        return None
+    return SummaryWriter
+
+
+def wandb_module(want: bool):
+    """The wandb module when --log-wandb asks for it (one line saying how to install it when missing)."""
+    if not want:
+        return None
+    try:
+        import wandb  # lazy: wandb is an optional package
+    except ImportError:
+        raise UserError("--log-wandb needs the wandb package, which is not installed: pip install wandb "
+                        "(or drop --log-wandb)") from None
+    return wandb
+
+
+def _wandb_run_id(run_dir: Path) -> str:
+    """One W&B run per run directory: a resumed run logs into the run it started."""
+    path = run_dir / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)
+    ckpt_io.atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool):
+    """metrics.jsonl, and the same numbers to TensorBoard (RUN/tb) and W&B when asked (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard=None, wandb=None,
+                 config: Optional[dict[str, Any]] = None):
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except Exception:  # tensorboard not installed: jsonl only
-                self.tb = None
+        self.tb = tensorboard(str(run_dir / "tb")) if enabled and tensorboard is not None else None
+        self.wandb = None
+        if enabled and wandb is not None:
+            self.wandb = wandb.init(name=run_dir.name, dir=str(run_dir), config=config, id=_wandb_run_id(run_dir),
+                                    resume="allow")
 
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
         ckpt_io.append_line(self.path, json.dumps(rec))
+        x = rec.get("global_step", rec.get("epoch", 0))
+        scalars = {f"{rec['type']}/{k}": v for k, v in rec.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step", "global_step")}
         if self.tb is not None:
-            x = rec.get("global_step", rec.get("epoch", 0))
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step", "global_step"):
-                    self.tb.add_scalar(f"{rec['type']}/{k}", v, x)
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, x)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=x)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 # --------------------------------------------------------------------------- signals
@@ -365,7 +418,9 @@ def _train_loader(cfg, train_set, in_chans, d: Dist, device, augment, view_fn):
         from .aa_loader import AALoader
         return AALoader(cfg, train_set, in_chans, d, device)
     from ghostnetv3.data import InMemoryLoader
-    return InMemoryLoader(train_set, cfg.batch_size // d.world_size, augment, shuffle=True, drop_last=True,
+    per_rank = cfg.batch_size // d.world_size
+    drop_last = drop_last_batch(len(train_set) // d.world_size, per_rank)  # small sets keep a large remainder
+    return InMemoryLoader(train_set, per_rank, augment, shuffle=True, drop_last=drop_last,
                           seed=cfg.seed, rank=d.rank, world_size=d.world_size, device=device,
                           channels_last=cfg.channels_last, view_fn=view_fn,
                           # a batch thread only where the host is otherwise idle (a GPU step): on
@@ -409,14 +464,26 @@ def _resolve_channels_last(cfg: TrainConfig, model: nn.Module, saved_plan: Optio
         return False
     choice = [False]
     if d.main:
-        shape = (max(2, cfg.batch_size // d.world_size), in_chans, cfg.img_size, cfg.img_size)
+        print(f"channels_last auto: timing train steps of a copy of the model in each layout (at most "
+              f"{PROBE_MAX_S:.0f} s; --channels-last true|false skips this)", flush=True)
+        micro = cfg.batch_size // d.world_size // cfg.grad_accum_steps  # what a train step runs at once
+        shape = (max(2, micro), in_chans, cfg.img_size, cfg.img_size)
         choice[0], times = choose_channels_last(model, shape, num_classes, device)
-        print(f"channels_last auto: {'channels_last' if choice[0] else 'NCHW'} (a step of a copy: "
-              f"channels_last {times['channels_last'] * 1e3:.0f} ms, NCHW {times['nchw'] * 1e3:.0f} ms; "
-              f"channels_last only when >= {CHANNELS_LAST_MARGIN:.0%} faster)", flush=True)
+        print(f"channels_last auto: {'channels_last' if choice[0] else 'NCHW'} ({_probe_result(times)})", flush=True)
     if d.enabled:
         dist.broadcast_object_list(choice, src=0)
     return bool(choice[0])
+
+
+def _probe_result(times: dict[str, float]) -> str:
+    """What the layout probe measured, in words (see budget.choose_channels_last)."""
+    if "first_step" in times:
+        return (f"not probed: one train step already takes {times['first_step']:.1f} s; "
+                f"--channels-last true to train channels_last")
+    if len(times) < 2:
+        return f"the probe ran out of its {PROBE_MAX_S:.0f} s before timing both layouts"
+    return (f"a step of a copy: channels_last {times['channels_last'] * 1e3:.0f} ms, NCHW {times['nchw'] * 1e3:.0f} ms; "
+            f"channels_last only when >= {CHANNELS_LAST_MARGIN:.0%} faster")
 
 
 def _make_run_plan(cfg: TrainConfig, saved_plan: Optional[RunPlan], steps_per_epoch: int,
@@ -439,8 +506,134 @@ def _calibrate_budget(cfg: TrainConfig, budget: TimeBudget, steps_done: int, tra
     if d.main:
         print(f"time budget {cfg.time_limit:g} min: {budget.describe_rate(steps_done, train_seconds)} "
               f"-> schedule of {plan.describe()}", flush=True)
+        warning = few_steps_warning(cfg, plan) if budget.first_pending else None
+        if warning:
+            print(warning, flush=True)
     budget.commit(total[0], steps_done, train_seconds)
     return plan
+
+
+def _num_images(ds) -> int:
+    """The training set's size, 0 when unknown (an iterable source without --train-num-samples)."""
+    try:
+        return len(ds)
+    except TypeError:
+        return 0
+
+
+def _resolve_batch_and_lr(cfg: TrainConfig, train_set, saved_plan: Optional[RunPlan], d: Dist) -> TrainConfig:
+    """`cfg` with the run's batch and peak lr: `batch_size: auto` follows the training set's size (on
+    resume: the batch the run started with); with no lr given, timm's lr_base x batch / lr_base_size."""
+    batch = cfg.batch_size
+    if batch is None:
+        batch = saved_plan.batch_size if saved_plan is not None and saved_plan.batch_size else \
+            auto_batch_size(_num_images(train_set), d.world_size)
+    per_rank = batch // d.world_size
+    if cfg.grad_accum_steps > per_rank:
+        raise ValueError(f"--grad-accum-steps {cfg.grad_accum_steps} splits each batch of {per_rank} images "
+                         f"(per process) into micro-batches; give at most {per_rank}, or a larger --batch-size")
+    lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.lr_base, batch, cfg.lr_base_size)
+    return dataclasses.replace(cfg, batch_size=batch, lr=lr)
+
+
+def _batch_text(asked: TrainConfig, cfg: TrainConfig, num_train: int, loader, world_size: int) -> str:
+    """The start-up line's batch: how it was chosen, the last batch, the micro-batches."""
+    text = f"batch {cfg.batch_size}"
+    if asked.batch_size is None:
+        full = auto_batch_size(0, world_size)
+        text += " (auto)" if cfg.batch_size >= full else \
+            f" (auto: {full} halved so that an epoch of {num_train} images has {len(loader)} steps)"
+    per_rank, n = cfg.batch_size // world_size, num_train // world_size
+    if cfg.grad_accum_steps > 1:
+        text += f" as {cfg.grad_accum_steps} micro-batches of ~{per_rank // cfg.grad_accum_steps}"
+    rest = n % per_rank if n else 0
+    if rest and not getattr(loader, "drop_last", True):
+        text += f", last batch of {rest} kept"
+    return text
+
+
+def _lr_text(asked: TrainConfig, cfg: TrainConfig) -> str:
+    """The plan line's note on the lr when it comes from --lr-base (or --lr-base is overruled)."""
+    if asked.lr_base is None:
+        return ""
+    if asked.lr is not None:
+        return f"; --lr {asked.lr:g} given, --lr-base not used"
+    return f"; lr {cfg.lr:.4g} (--lr-base {cfg.lr_base:g} x batch {cfg.batch_size} / {cfg.lr_base_size})"
+
+
+def _micro_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) of `parts` near-equal consecutive slices of n items (torch.tensor_split's sizes), empty
+    ones left out."""
+    q, r = divmod(n, parts)
+    sizes = [q + 1] * r + [q] * (parts - r)
+    ends = list(itertools.accumulate(sizes))
+    return [(e - k, e) for e, k in zip(ends, sizes) if k]
+
+
+def make_step_loss(model: nn.Module, criterion, distiller, task, device: torch.device, amp: str):
+    """`loss_fn(x, target, batch)` -> (loss, KD loss parts) of one (micro-)batch, under autocast."""
+    def step_loss(x, target, batch):
+        with autocast(device, amp):
+            if task is not None:  # e.g. detectors, which compute their losses themselves
+                return task.loss(model, batch), {}
+            logits = model(x)
+            loss = criterion(logits, target)
+            if distiller is not None:
+                return distiller(logits, batch, loss)
+            return loss, {}
+    return step_loss
+
+
+def forward_backward(model: nn.Module, batch, loss_fn, *, accum: int, scaler, no_sync=None,
+                     mixup_fn=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward and backward of one optimizer step's batch as `accum` micro-batches, so the gradients add up
+    to the whole batch's: each micro-batch's loss is weighted by its share of the images (and Mixup mixes
+    the whole batch first). `loss_fn(x, target, part)` -> (loss, KD parts); DDP syncs gradients on the
+    last micro-batch only (`no_sync`). Returns (the batch's mean loss, detached; its KD parts)."""
+    x, target = batch.images, getattr(batch, "labels", None)
+    if mixup_fn is not None:
+        x, target = mixup_fn(x, target)
+    bounds = _micro_bounds(x.shape[0], accum)
+    total, parts_sum = None, {}
+    for i, (a, b) in enumerate(bounds):
+        whole = len(bounds) == 1
+        part = batch if whole else type(batch)(*(f[a:b] for f in batch))
+        share = 1.0 if whole else (b - a) / x.shape[0]
+        sync = no_sync() if no_sync is not None and i < len(bounds) - 1 else contextlib.nullcontext()
+        with sync:
+            loss, parts = loss_fn(x if whole else x[a:b], target if whole or target is None else target[a:b], part)
+            scaler.scale(loss if whole else loss * share).backward()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + float(v) * share
+        value = loss.detach().float() if whole else loss.detach().float() * share
+        total = value if total is None else total + value
+    return total, parts_sum
+
+
+def _epoch_line(rec: dict[str, Any], metric: str, epochs: int, seconds: float) -> str:
+    """The line printed after each epoch's validation."""
+    label, fmt = ("val loss", ".4f") if metric == "loss" else (metric, ".2f")
+    ema = f"  ema {label} {rec['ema_' + metric]:{fmt}}" if f"ema_{metric}" in rec else ""
+    return (f"epoch {rec['epoch']}/{epochs}  loss {rec['train_loss']:.4f}  {label} {rec['val_' + metric]:{fmt}}{ema}  "
+            f"lr {rec['lr']:.2e}  {rec['train_img_s']:.0f} img/s  {seconds:.0f}s")
+
+
+def _best_start(metric: str) -> float:
+    """The best score before any epoch: any real score beats it."""
+    return math.inf if metric == "loss" else -1.0
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    """`a` is a better validation score than `b` (loss: lower is better)."""
+    return a < b if metric == "loss" else a > b
+
+
+def _best_from_state(state: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The best score so far, from a checkpoint; a run resumed with another --eval-metric starts afresh."""
+    if f"best_{metric}" not in state:
+        print(f"note: the run picked best.pt by another metric; from now on by {metric}", flush=True)
+        return {"value": _best_start(metric), "epoch": 0, "source": None}
+    return {"value": state[f"best_{metric}"], "epoch": state["best_epoch"], "source": state["best_source"]}
 
 
 def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[str, Any]:
@@ -460,6 +653,9 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
     from tqdm import tqdm
 
     d, device = init_distributed(cfg)
+    # the optional loggers asked for are checked before any work (one line when a package is missing)
+    tb_writer, wandb = (tensorboard_writer_class(cfg.log_tensorboard), wandb_module(cfg.log_wandb)) if d.main \
+        else (None, None)
 
     # -- resume: the run directory and the state to continue from
     state = None
@@ -486,16 +682,22 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
     else:
         run_dir = make_run_dir(cfg) if d.main else Path(cfg.output)
 
+    if task is None:  # the layout is decided once and saved with the run (eval/export rebuild it from there)
+        cfg = cfg.replace(output_stride=resolve_output_stride(cfg.model, cfg.img_size, cfg.stem_stride,
+                                                              cfg.output_stride))
     seed_everything(cfg.seed + d.rank)
 
     # -- data
     if train_set is None:
         train_set, val_set = task.load_datasets(cfg) if task is not None else load_datasets(cfg)
-    metric = task.metric if task is not None else "top1"  # the validation number that picks best.pt
+    metric = task.metric if task is not None else cfg.eval_metric  # the validation number that picks best.pt
     if task is None:
         check_train_classes(cfg.data, train_set, cfg.num_classes)
     num_classes = cfg.num_classes or len(train_set.classes)
     in_chans = cfg.in_chans or (3 if getattr(train_set, "streaming", False) else int(train_set.images.shape[1]))
+    saved_plan = RunPlan.from_dict(state["plan"]) if state is not None and state.get("plan") else None
+    # `cfg` from here on carries the run's decisions; `user_cfg` is what was asked (saved, compared on resume)
+    user_cfg, cfg = cfg, _resolve_batch_and_lr(cfg, train_set, saved_plan, d)
 
     # -- model (built under the same seed on every rank; DDP also broadcasts rank 0's weights)
     torch.manual_seed(cfg.seed)
@@ -506,12 +708,10 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                              "normalises with its own batch statistics")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    saved_plan = RunPlan.from_dict(state["plan"]) if state is not None and state.get("plan") else None
     channels_last = _resolve_channels_last(cfg, model, saved_plan, in_chans, num_classes, d, device, task)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # `cfg` from here on carries the run's decisions; `user_cfg` is what was asked (saved, compared on resume)
-    user_cfg, cfg = cfg, dataclasses.replace(cfg, channels_last=channels_last)
+    cfg = dataclasses.replace(cfg, channels_last=channels_last)
     torch.manual_seed(cfg.seed + d.rank)
 
     from ghostnetv3.data import BatchAugment
@@ -538,7 +738,8 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
     # stepped per optimizer update: the lr is a pure function of the global step, so resume is exact
     plan = _make_run_plan(cfg, saved_plan, steps_per_epoch, channels_last)
     scheduler = build_scheduler(optimizer, cfg, plan)
-    budget = TimeBudget(cfg.time_limit * 60.0) if cfg.time_limit and not plan.calibrated else None
+    budget = TimeBudget(cfg.time_limit * 60.0, provisional_steps=plan.total_steps) \
+        if cfg.time_limit and not plan.calibrated else None
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     ema = None
     if cfg.model_ema and d.main:  # rank 0 keeps the EMA, updated from the unwrapped module
@@ -556,7 +757,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         criterion = nn.CrossEntropyLoss()
 
     start_epoch, start_step, global_step = 0, 0, 0
-    best = {"value": -1.0, "epoch": 0, "source": None}
+    best = {"value": _best_start(metric), "epoch": 0, "source": None}
     loss_sum, loss_count, elapsed = 0.0, 0, 0.0
     parts_sum: dict[str, float] = {}  # KD loss parts (rank 0's), summed over the epoch
     if state is not None:
@@ -576,7 +777,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         start_epoch, start_step, global_step = state["epoch"], state["step"], state["global_step"]
         # the schedule is rebuilt from the config (so --epochs can extend a run) and set to the saved step
         scheduler.step_update(num_updates=global_step)
-        best = {"value": state[f"best_{metric}"], "epoch": state["best_epoch"], "source": state["best_source"]}
+        best = _best_from_state(state, metric)
         loss_sum, loss_count, elapsed = state["epoch_loss_sum"], state["epoch_loss_count"], state["elapsed"]
         parts_sum = dict(state.get("epoch_parts_sum") or {})
         rngs = state["rng"]
@@ -593,6 +794,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
+    step_loss = make_step_loss(model, criterion, distiller, task, device, cfg.amp)
 
     if d.main:
         user_cfg.save(run_dir / "config.yaml")
@@ -603,14 +805,23 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         print(f"{cfg.model} ({n_params / 1e6:.2f}M params, {num_classes} classes, {in_chans} ch) | "
               f"{len(train_set)} train / {len(val_set)} val images"
               + (f", {skipped} unreadable skipped" if skipped else "")
+              + f" | {_batch_text(user_cfg, cfg, _num_images(train_set), loader, d.world_size)}"
               + f" | {steps_per_epoch} steps/epoch x {plan.total_steps / steps_per_epoch:.3g} | {d.world_size} x {device} | "
               + (f"KD from {cfg.teacher_cache or cfg.teacher} ({cfg.kd_loss}, weight {cfg.kd_weight:g}) | "
                  if distiller is not None else "")
               + ("resuming at epoch {} step {} | ".format(start_epoch + 1, start_step) if state is not None else "")
               + f"run dir {run_dir}", flush=True)
-        print(f"plan: {plan.describe()}" + ("; the time budget is planned after the first "
-              f"{budget.calibration_steps} steps" if budget is not None else ""), flush=True)
-    log = MetricsLog(run_dir, d.main)
+        layout = layout_line(model_without_ddp, cfg.img_size, in_chans)
+        if layout:
+            print(layout, flush=True)
+        print(f"plan: {plan.describe()}{_lr_text(user_cfg, cfg)}" + (
+            f"; the time budget is planned after the first {budget.calibration_steps} steps (sooner if they "
+            f"take {budget.calibration_time_fraction:.0%} of it)" if budget is not None else ""), flush=True)
+        warning = few_steps_warning(cfg, plan) if plan.calibrated else None
+        if warning:
+            print(warning, flush=True)
+    log = MetricsLog(run_dir, d.main, tb_writer, wandb, user_cfg.to_dict())
+    log.write(schedule_record(cfg, plan, global_step))  # the lr schedule from here on (plot draws what ran)
 
     def save(path_name: str, epoch: int, step: int) -> None:
         rng = ckpt_io.rng_state()
@@ -651,25 +862,19 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                            disable=not d.main, mininterval=1.0, dynamic_ncols=True, leave=False)
                 t_epoch, seen = time.perf_counter(), 0
                 for step, batch in enumerate(loader.iter_from(first), start=first):
-                    x, target = batch.images, getattr(batch, "labels", None)
-                    if mixup_fn is not None:
-                        x, target = mixup_fn(x, target)
-                    with autocast(device, cfg.amp):
-                        if task is not None:  # e.g. detectors, which compute their losses themselves
-                            loss = task.loss(model, batch)
-                        else:
-                            logits = model(x)
-                            loss = criterion(logits, target)
-                        if distiller is not None:
-                            loss, parts = distiller(logits, batch, loss)
-                            for k, v in parts.items():
-                                parts_sum[k] = parts_sum.get(k, 0.0) + float(v)
-                    # one collective per step: any rank's bad loss or signal stops all ranks together,
-                    # and the logged loss is the mean over ranks
-                    flags = torch.stack([(~torch.isfinite(loss.detach())).float(),
+                    time_due = d.main and budget is not None and budget.due_by_time(
+                        train_time + time.perf_counter() - t_epoch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, parts = forward_backward(model, batch, step_loss, accum=cfg.grad_accum_steps, scaler=scaler,
+                                                   no_sync=model.no_sync if d.enabled else None, mixup_fn=mixup_fn)
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + v
+                    # one collective per step: any rank's bad loss or signal stops all ranks together, the
+                    # logged loss is the mean over ranks, and rank 0's clock says when to plan a time budget
+                    flags = torch.stack([(~torch.isfinite(loss)).float(),
                                          torch.tensor(float(stop.signum == signal.SIGINT), device=device),
                                          torch.tensor(float(stop.signum == signal.SIGTERM), device=device),
-                                         loss.detach().float() / d.world_size])
+                                         loss / d.world_size, torch.tensor(float(time_due), device=device)])
                     if d.enabled:
                         dist.all_reduce(flags)
                     if flags[0] > 0:
@@ -684,8 +889,6 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                             f"(global step {global_step + 1}); stopped before updating the weights. "
                             + (f"last good checkpoint: {kept}. " if kept.exists() else "no checkpoint saved yet. ")
                             + "try a lower --lr, --clip-grad 1.0, or --amp none")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
                     if cfg.clip_grad:
                         scaler.unscale_(optimizer)
                         nn.utils.clip_grad_norm_(model_without_ddp.parameters(), cfg.clip_grad)
@@ -696,7 +899,7 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                     scheduler.step_update(num_updates=global_step)
                     if ema is not None:
                         ema.update(model_without_ddp, step=global_step)
-                    if budget is not None and budget.due(global_step):
+                    if budget is not None and (budget.due(global_step) or flags[4] > 0):
                         plan = _calibrate_budget(cfg, budget, global_step, train_time + time.perf_counter() - t_epoch,
                                                  steps_per_epoch, channels_last, d)
                         scheduler = build_scheduler(optimizer, cfg, plan)
@@ -706,13 +909,14 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                             ema.warmup_gamma = ema_warmup_gamma(plan.ema_decay, cfg.model_ema_decay is None)
                         if d.main:
                             plan.save(run_dir)
+                        log.write(schedule_record(cfg, plan, global_step))
                         if budget.final:
                             budget = None
 
                     loss_val = flags[3].item()
                     loss_sum += loss_val
                     loss_count += 1
-                    seen += x.shape[0] * d.world_size
+                    seen += len(batch[0]) * d.world_size
                     if d.main:
                         bar.update(1)
                         rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
@@ -750,18 +954,15 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
                         ema_m = evaluate_fn(eval_form(ema.module), val_loader, device, cfg.amp)
                         rec.update({f"ema_{k}": v for k, v in ema_m.items() if k != "n"})
                         candidates["ema"] = ema_m[metric]
-                    source = max(candidates, key=candidates.get)
+                    source = (min if metric == "loss" else max)(candidates, key=candidates.get)
                     rec["elapsed_s"] = elapsed + (time.perf_counter() - t_start)
                     rec["train_s"] = train_time  # training steps only (this process), what --time-limit counts
-                    improved = candidates[source] > best["value"]
+                    improved = _better(metric, candidates[source], best["value"])
                     if improved:
                         best = {"value": candidates[source], "epoch": epoch + 1, "source": source}
                     rec.update({f"best_{metric}": best["value"], "best_epoch": best["epoch"], "best_source": best["source"]})
                     log.write(rec)
-                    ema_txt = f"  ema {metric} {rec['ema_' + metric]:.2f}" if ema is not None else ""
-                    print(f"epoch {epoch + 1}/{plan.epochs}  loss {rec['train_loss']:.4f}  "
-                          f"{metric} {rec['val_' + metric]:.2f}{ema_txt}  lr {rec['lr']:.2e}  "
-                          f"{rec['train_img_s']:.0f} img/s  {epoch_time:.0f}s", flush=True)
+                    print(_epoch_line(rec, metric, plan.epochs, epoch_time), flush=True)
                     summary = rec
                 model.train()
                 loss_sum, loss_count, parts_sum = 0.0, 0, {}
@@ -787,4 +988,4 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         dist.barrier()
         dist.destroy_process_group()
 
-    return dict(summary, run_dir=str(run_dir)) if d.main else {}
+    return dict(summary, run_dir=str(run_dir), eval_metric=metric) if d.main else {}

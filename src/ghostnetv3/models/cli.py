@@ -18,7 +18,7 @@ def parse_input_size(values, in_chans: int = 3) -> tuple[int, int, int]:
 
 def model_kwargs(args) -> dict:
     kw = {}
-    for key in ("width", "num_conv_branches", "stem_stride"):
+    for key in ("width", "num_conv_branches", "stem_stride", "output_stride"):
         if getattr(args, key, None) is not None:
             kw[key] = getattr(args, key)
     return kw
@@ -32,10 +32,13 @@ def add_model_args(p) -> None:
     p.add_argument("--width", type=float, default=None, help="width multiplier (GhostNet models)")
     p.add_argument("--num-conv-branches", type=int, default=None)
     p.add_argument("--stem-stride", type=int, default=None, help="1 for tiny images (GhostNet models)")
+    p.add_argument("--output-stride", type=int, default=None,
+                   help="total downsampling (GhostNet models: 32 = the paper's layout; 16/8/4 run the last "
+                        "downsampling stages at stride 1)")
 
 
 def run_info(args) -> int:
-    from ..deploy.count import count_params_macs
+    from ..rep.count import count_params_macs
     from ..rep import reparameterize
     from .registry import create_model
     size = parse_input_size(args.input_size)
@@ -56,17 +59,18 @@ def run_info(args) -> int:
 
 def run_models(args) -> int:
     """Our registered models, then how to name the others (timm, torchvision)."""
-    from .registry import list_models
+    from .registry import TIMM_NAMES, list_models
     if args.timm:
         import timm
         names = timm.list_models(args.timm)
         print("\n".join(names) if names else f"no timm model matches '{args.timm}'")
         return 0
-    print("ours (train form with re-parameterization branches; V2 = one branch per site):")
+    print("ours (train form with re-parameterization branches; V2 = one branch per site), with their timm names:")
     for name in list_models():
         kind = "GhostNetV3" if name.startswith("ghostnetv3_") else "GhostNetV2"
         width = f" width {int(name[-3:]) / 100:.1f}x" if name[-3:].isdigit() else ""
-        print(f"  {name:<16}{kind}{width}")
+        print(f"  {name:<16}{TIMM_NAMES[name]:<10}{kind}{width}")
+    print("  (timm names: timm.create_model('gnv3_100') once ghostnetv3 is imported; smp: tu-gnv3_100)")
     import timm
     print(f"any timm name ({len(timm.list_models())} in timm {timm.__version__}; "
           "`ghostnetv3 models --timm 'mobilenet*'` to search), and torchvision/<name> "

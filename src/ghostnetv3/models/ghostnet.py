@@ -11,6 +11,11 @@ Differences from the reference, on purpose:
   reference fails when a stage's map is 1 pixel wide) and at batch size 1;
 - `stem_stride=1` (a knob for tiny images such as 28–32 px Fashion-MNIST): the network then
   downsamples 16× instead of 32×, so the last stage is not 1×1.
+- `output_stride` (timm's name; 32 = the paper's layout): the total downsampling.  Below
+  `16 × stem_stride` the last downsampling stages keep their stride-2 modules but run them at
+  stride 1 (no dilation, which is slow for depthwise convs on CPU), so every parameter keeps its
+  name and shape: the official checkpoints load into any layout and fusion stays exact.
+  `auto_output_stride(img_size)` is the rule the engine uses when the user does not say.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import torch.utils.checkpoint
 from ..rep import RepConv2d
 from ..rep.crop import CropConv2d
 
-__all__ = ["GhostNet", "create_ghostnet", "GhostModule", "GhostBottleneck", "BLOCK_CFGS", "make_divisible"]
+__all__ = ["GhostNet", "create_ghostnet", "GhostModule", "GhostBottleneck", "BLOCK_CFGS", "make_divisible",
+           "auto_output_stride", "stage_strides", "MIN_FINAL_MAP"]
 
 # (kernel, expansion, out, SE ratio, stride) per bottleneck; one list per stage (as in the reference).
 BLOCK_CFGS = [
@@ -42,6 +48,37 @@ BLOCK_CFGS = [
     [[5, 672, 160, 0.25, 2]],
     [[5, 960, 160, 0, 1], [5, 960, 160, 0.25, 1], [5, 960, 160, 0, 1], [5, 960, 160, 0.25, 1]],
 ]
+
+
+# The layout rule: the largest output stride (the cheapest network) whose last stage still sees
+# maps of at least MIN_FINAL_MAP pixels a side.  At 224 px that is the paper's 32 (7×7); at 32 px
+# it is 8 (4×4 instead of 1×1); see docs/layouts.md for what it buys on Fashion-MNIST.
+MIN_FINAL_MAP = 4
+OUTPUT_STRIDES = (2, 4, 8, 16, 32)
+
+
+def auto_output_stride(img_size: int, stem_stride: int = 2) -> int:
+    """The output stride the engine picks for square inputs of `img_size` pixels: the largest in
+    `stem_stride` × (1, 2, 4, 8, 16) with ceil(img_size / stride) >= MIN_FINAL_MAP."""
+    best = stem_stride
+    for k in range(5):
+        stride = stem_stride * 2 ** k
+        if math.ceil(img_size / stride) >= MIN_FINAL_MAP:
+            best = stride
+    return best
+
+
+def stage_strides(output_stride: int, stem_stride: int = 2, num_downsampling: int = 4) -> list[int]:
+    """Stride of each downsampling stage for a total `output_stride`: the first ones keep 2, the
+    last ones run at 1."""
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
+    allowed = [stem_stride * 2 ** k for k in range(num_downsampling + 1)]
+    if output_stride not in allowed:
+        raise ValueError(f"output_stride={output_stride} is not reachable with stem_stride={stem_stride}; "
+                         f"use one of {', '.join(map(str, allowed))}")
+    kept = allowed.index(output_stride)
+    return [2] * kept + [1] * (num_downsampling - kept)
 
 
 def make_divisible(v: float, divisor: int = 4, min_value: int | None = None) -> int:
@@ -61,9 +98,9 @@ class BranchConfig:
     linear_branches: bool = False
     rep_init: str = "scaled"             # branch BN γ: 1/√n (scaled) or 1 (reference); see RepConv2d
 
-    def conv(self, cin, cout, k, stride=1, groups=1, **kw) -> RepConv2d:
+    def conv(self, cin, cout, k, stride=1, groups=1, identity: bool = True, **kw) -> RepConv2d:
         return RepConv2d(cin, cout, k, stride, groups=groups, num_conv_branches=self.num_conv_branches,
-                         scale_branch=self.scale_branch, identity_branch=self.identity_branch,
+                         scale_branch=self.scale_branch, identity_branch=self.identity_branch and identity,
                          linear_branches=self.linear_branches, rep_init=self.rep_init, **kw)
 
 
@@ -138,19 +175,25 @@ class SqueezeExcite(nn.Module):
 
 
 class GhostBottleneck(nn.Module):
+    """`stride` is the block table's; `run_stride` (default: `stride`) the one it runs at.  A
+    downsampling block run at stride 1 (a smaller output stride) keeps its depthwise conv and its
+    shortcut convs, so its parameters are the same as in the paper's layout."""
+
     def __init__(self, cin: int, mid: int, cout: int, k: int = 3, stride: int = 1, se_ratio: float = 0.0,
-                 dfc: bool = False, branches: BranchConfig = BranchConfig()):
+                 dfc: bool = False, branches: BranchConfig = BranchConfig(), run_stride: int | None = None):
         super().__init__()
-        self.stride = stride
+        run_stride = stride if run_stride is None else run_stride
+        self.stride = run_stride
         self.ghost1 = GhostModule(cin, mid, act=True, dfc=dfc, branches=branches)
-        self.dw = branches.conv(mid, mid, k, stride, groups=mid) if stride > 1 else None
+        # no identity branch at a downsampling site, whatever it runs at (as in the paper's layout)
+        self.dw = branches.conv(mid, mid, k, run_stride, groups=mid, identity=False) if stride > 1 else None
         self.se = SqueezeExcite(mid, se_ratio) if se_ratio else None
         self.ghost2 = GhostModule(mid, cout, act=False, dfc=False, branches=branches)
         if cin == cout and stride == 1:
             self.shortcut = nn.Identity()
         else:
             self.shortcut = nn.Sequential(
-                CropConv2d(cin, cin, k, stride, (k - 1) // 2, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                CropConv2d(cin, cin, k, run_stride, (k - 1) // 2, groups=cin, bias=False), nn.BatchNorm2d(cin),
                 CropConv2d(cin, cout, 1, 1, 0, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,11 +227,11 @@ class GhostNet(nn.Module):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be > 0, got {width}")
-        if stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-        if output_stride is not None and output_stride != 16 * stem_stride:
-            raise ValueError(f"output_stride={output_stride}: GhostNet downsamples {16 * stem_stride}× with "
-                             f"stem_stride={stem_stride} (no dilated variant); drop output_stride")
+        self.cfgs = cfgs or BLOCK_CFGS
+        num_down = sum(1 for cfg in self.cfgs if any(b[4] > 1 for b in cfg))
+        self.output_stride = int(output_stride or stem_stride * 2 ** num_down)
+        run_strides = iter(stage_strides(self.output_stride, stem_stride, num_down))
+        self.stem_stride = stem_stride
         if global_pool != "avg":
             raise ValueError(f"global_pool={global_pool!r}: the GhostNet head pools by average only; use 'avg'")
         if drop_path_rate:
@@ -197,7 +240,6 @@ class GhostNet(nn.Module):
         self.num_classes, self.in_chans, self.width = num_classes, in_chans, width
         self.drop_rate = drop_rate
         self.branch_config = branches
-        self.cfgs = cfgs or BLOCK_CFGS
         self.min_input_size = 32
         self.grad_checkpointing = False
 
@@ -212,11 +254,13 @@ class GhostNet(nn.Module):
             layers = []
             for k, exp, c, se, s in cfg:
                 out, mid = make_divisible(c * width, 4), make_divisible(exp * width, 4)
-                layers.append(GhostBottleneck(prev, mid, out, k, s, se, dfc=layer_idx > 1, branches=branches))
+                run = next(run_strides) if s > 1 else 1
+                layers.append(GhostBottleneck(prev, mid, out, k, s, se, dfc=layer_idx > 1, branches=branches,
+                                              run_stride=run))
                 prev = out
                 layer_idx += 1
-            if s > 1:
-                reduction *= 2
+                reduction *= run
+            if s > 1:  # a tap at the end of each downsampling stage (its true reduction)
                 self.feature_info.append(dict(num_chs=prev, reduction=reduction, module=f"blocks.{len(stages)}"))
             stages.append(nn.Sequential(*layers))
         out = make_divisible(self.cfgs[-1][-1][1] * width, 4)

@@ -106,8 +106,7 @@ def choose_weights(state: Any, weights: Optional[str] = None, where: str = "the 
 
 def _read(path: Path) -> Any:
     if path.name.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(str(path))
+        return safeload.read(path)  # a broken file is one line naming it, as for .pt files
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # an image, a truncated file, a pickled object: say so, don't suggest unpickling

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..rep import RepConv2d
+from .conv import RepConv2d
 
 __all__ = ["count_params_macs", "count_params"]
 
