@@ -171,7 +171,9 @@ def _load_exported(source: str, fmt: str, arch: dict[str, Any], weights: Optiona
     try:  # size and channels from the file, else its fixed input shape, else --in-chans/--img-size
         cfg = read_input_contract(source, arch.get("in_chans"), arch.get("img_size"))
     except ValueError as e:
-        raise ValueError(f"{e} (predict: --in-chans C --img-size N)") from None
+        given = [f for f, k in (("--in-chans", "in_chans"), ("--img-size", "img_size")) if arch.get(k)]
+        hint = f"drop {' or '.join(given)}" if "fixed at export" in str(e) else "pass --in-chans C --img-size N"
+        raise ValueError(f"{e}; {hint}") from None
     run = _exported_runner(source, fmt, cfg)
     cfg.setdefault("model", Path(source).name)
     cfg["weights_from"] = f"exported {fmt} file ({cfg.get('weights', '?')} weights)"

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from engine_helpers import assert_same_state, cli_args, load, popen_cli, run_cli, tiny_config
 from ghostnetv3.engine.config import TrainConfig, load_config
-from ghostnetv3.engine.train import _micro_bounds, forward_backward, train
+from ghostnetv3.engine.train import _micro_bounds, build_model, forward_backward, train
 from test_engine_resume import assert_equal_runs, wait_for
 
 
@@ -47,11 +47,18 @@ def test_accumulated_gradients_equal_the_whole_batch():
 def test_grad_accum_run_matches_the_whole_batch_run(tmp_path, tiny_sets):
     """A BN-free model (GroupNorm): 2 micro-batches per step train to the same weights as whole batches."""
     kw = dict(model="test_efficientnet_gn", drop_rate=0.0, epochs=1)
-    whole = train(tiny_config(tmp_path / "a", **kw), train_set=tiny_sets[0], val_set=tiny_sets[1])
+    cfg = tiny_config(tmp_path / "a", **kw)
+    whole = train(cfg, train_set=tiny_sets[0], val_set=tiny_sets[1])
     accum = train(tiny_config(tmp_path / "b", grad_accum_steps=2, **kw), train_set=tiny_sets[0], val_set=tiny_sets[1])
     assert whole["global_step"] == accum["global_step"] == 8       # one optimizer step per batch either way
     a, b = load(tmp_path / "a" / "run" / "last.pt"), load(tmp_path / "b" / "run" / "last.pt")
-    assert_same_state(a["state_dict"], b["state_dict"], atol=1e-5)
+    torch.manual_seed(cfg.seed)
+    init = build_model(cfg, 10, 1).state_dict()                    # the weights both runs started from
+    # gradients agree to float rounding (test above), which 8 SGD steps amplify (6e-5 measured); a wrong
+    # effective batch (an unscaled micro-batch loss: twice the step) differs by as much as the weights moved
+    moved = max((a["state_dict"][k] - init[k]).abs().max().item() for k in init if init[k].is_floating_point())
+    diff = max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in init)
+    assert moved > 1e-2 and diff < 0.01 * moved, (diff, moved)
 
 
 def test_grad_accum_larger_than_the_batch_is_one_line(tmp_path):
@@ -105,7 +112,7 @@ def test_lr_base_is_printed_on_the_plan_line(tmp_path):
 # ------------------------------------------------------------------------------------ best.pt's metric
 
 def test_eval_metric_loss_picks_the_lowest_validation_loss(tmp_path, tiny_sets, capsys):
-    summary = train(tiny_config(tmp_path, eval_metric="loss"), train_set=tiny_sets[0], val_set=tiny_sets[1])
+    summary = train(tiny_config(tmp_path, eval_metric="loss", epochs=2), train_set=tiny_sets[0], val_set=tiny_sets[1])
     epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"type": "epoch"' in line]
     scores = {(e["epoch"], src): e[f"{src}_loss"] for e in epochs for src in ("val", "ema")}

@@ -18,7 +18,7 @@ from ghostnetv3.data import BatchAugment, load_dataset
 from ghostnetv3.deploy.quantize import scored_batches
 from ghostnetv3.engine.config import TrainConfig, from_checkpoint_dict
 from ghostnetv3.engine.inputs import check_eval_classes, eval_aug_config
-from ghostnetv3.engine.plot import lr_per_step, plot_run, read_metrics
+from ghostnetv3.engine.plot import lr_per_step, plot_run, read_metrics, schedule_changes
 from ghostnetv3.engine.train import aug_config, load_datasets, train
 
 SEED = 7  # engine_helpers.TINY
@@ -72,7 +72,7 @@ def test_eval_and_predict_accept_the_wider_head_train_accepted(extended_run, tmp
     image = tmp_path / "shirt.png"
     Image.fromarray(np.full((28, 28), 128, np.uint8)).save(image)
     assert main(["predict", str(extended_run), str(image), "--topk", "12"]) == 0
-    assert len([line for line in capsys.readouterr().out.splitlines() if line.strip().endswith("%") or "%  " in line]) == 12
+    assert len([line for line in capsys.readouterr().out.splitlines() if "%  " in line]) == 12
 
 
 def test_eval_still_refuses_a_head_narrower_than_the_data(tmp_path):
@@ -136,12 +136,28 @@ def test_plot_draws_the_lr_each_step_used(extended_run, tmp_path):
     recs = read_metrics(extended_run)
     logged = {r["global_step"] - 1: r["lr"] for r in recs if r["type"] == "step"}  # the lr step g used
     assert len(logged) == 4  # log_interval 2, 8 steps
-    xs, lrs, changes = lr_per_step(extended_run, 4)
+    xs, lrs = lr_per_step(extended_run, 4)
     drawn = {round(x * 4): lr for x, lr in zip(xs, lrs)}
-    assert sorted(drawn) == list(range(8)) and changes == [1.0]
+    assert sorted(drawn) == list(range(8)) and schedule_changes(extended_run, 4) == [1.0]
     for step, lr in logged.items():
         assert drawn[step] == pytest.approx(lr, rel=1e-9), (step, drawn, logged)
     # epoch 1 ran to the end of a 1-epoch cosine; the extension jumps back up
     assert drawn[3] < 0.01 and drawn[4] > 2 * drawn[3]
     png = plot_run(extended_run, tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_follows_a_time_budget_that_re_planned_its_schedule(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=50, time_limit=0.1, train_subset=64, val_subset=32, batch_size=16,
+                      log_interval=1, warmup_epochs=None)
+    train(cfg)
+    run = tmp_path / "run"
+    recs = read_metrics(run)
+    plans = [r["plan"]["total_steps"] for r in recs if r["type"] == "schedule"]
+    assert len(plans) >= 2 and plans[0] == 200  # provisional 50 epochs, then planned to the budget
+    xs, lrs = lr_per_step(run, 4)
+    drawn = {round(x * 4): lr for x, lr in zip(xs, lrs)}
+    logged = [r for r in recs if r["type"] == "step"]
+    assert len(drawn) == logged[-1]["global_step"] == plans[-1]
+    for r in logged:  # every step's lr, before and after each re-plan, lies on the drawn line
+        assert drawn[r["global_step"] - 1] == pytest.approx(r["lr"], rel=1e-9), r

@@ -67,7 +67,8 @@ def collect(results_dir: Path) -> dict[str, Any]:
             rows.append({"ingredient": c["ingredient"], "variant": c.get("variant") or "", "grid": s["name"],
                          "data": s.get("data"), "steps": c["steps"], "claim": c["claim"], "arm": c["arm"],
                          "ref": c["ref"], "diff": c[METRIC]["diff"], "verdict": c[METRIC]["verdict"],
-                         "teacher": _teacher(grid) if c["ingredient"] == "kd" else None})
+                         "teacher": _teacher(grid) if c["ingredient"] == "kd" else None,
+                         "teacher_top1": (grid["teacher"] or {}).get("top1") if c["ingredient"] == "kd" else None})
         grids.append(grid)
     datasets = sorted({g["data"] for g in grids if g["data"]})
     if len(datasets) > 1:  # one line per data set: a line never joins two data sets

@@ -20,8 +20,10 @@ from typing import Any, Optional
 from ghostnetv3.errors import UserError
 
 VERDICT_COLORS = {"reproduced": "tab:green", "not reproduced": "tab:red"}
-OUTLIER_FACTOR = 5.0  # a value beyond 5x the median |interval endpoint| (and beyond MIN_SPAN) is clipped
-MIN_SPAN = 2.0
+# a value beyond 5x the median |interval endpoint| and beyond 30 points is clipped (and marked): an
+# interval within ±30 points is always drawn whole, however few the rows
+OUTLIER_FACTOR = 5.0
+MIN_SPAN = 30.0
 
 
 def _plt():
@@ -154,7 +156,7 @@ def report_figure(s: dict[str, Any], labels: dict[str, str]):
         _forest_panel(ax, forest_rows(s, m), labels[m])
     title = (f"ablation {s['name']}: each claim as a paired difference over seeds "
              f"({s['finished_runs']} of {s['planned_runs']} runs finished)")
-    fig.suptitle(textwrap.fill(title, 90 * len(metrics)), fontsize=10)
+    fig.suptitle(textwrap.fill(title, 100 * len(metrics)), fontsize=10)
     return fig
 
 
@@ -185,7 +187,6 @@ def budget_figure(b: dict[str, Any]):
 
 def _budget_panel(ax, rows: list[dict[str, Any]], label: str, all_steps: list[int]) -> None:
     ax.set_xscale("log")
-    ax.axhline(0.0, color="black", lw=0.9)
     ax.set_title(label, fontsize=10)
     ax.set_xlabel("optimizer steps per run (log scale)")
     ax.set_ylabel("Δ top-1 (points), 95% interval")
@@ -196,24 +197,28 @@ def _budget_panel(ax, rows: list[dict[str, Any]], label: str, all_steps: list[in
         ax.minorticks_off()
     measured = [r for r in rows if r["diff"].get("mean") is not None]
     if not measured:
-        ax.set_ylim(-1.0, 1.0)
+        ax.set_yticks([])
         ax.text(0.5, 0.5, "not measured yet", transform=ax.transAxes, ha="center", va="center", color="tab:gray",
                 style="italic")
         return
+    ax.axhline(0.0, color="black", lw=0.9)
     lim = span([r["diff"] for r in measured])
     variants = list(dict.fromkeys(r["variant"] for r in measured))
     colors = _plt().rcParams["axes.prop_cycle"].by_key()["color"]
     for i, variant in enumerate(variants):
         color = colors[i % len(colors)]
+        dodge = 1.0 + 0.08 * (i - (len(variants) - 1) / 2)  # variants at one budget side by side
         pts = sorted((r for r in measured if r["variant"] == variant), key=lambda r: r["steps"])
-        on_scale = [(r["steps"], r["diff"]["mean"]) for r in pts if lim[0] <= r["diff"]["mean"] <= lim[1]]
+        on_scale = [(r["steps"] * dodge, r["diff"]["mean"]) for r in pts if lim[0] <= r["diff"]["mean"] <= lim[1]]
         if len(on_scale) > 1:
             ax.plot(*zip(*on_scale), color=color, lw=1, alpha=0.6)
         for r in pts:
-            draw_interval(ax, r["steps"], r["diff"], lim, color, horizontal=False)
-            if r.get("teacher"):
-                ax.annotate(f"teacher {r['teacher']}", (r["steps"], min(max(r["diff"]["mean"], lim[0]), lim[1])),
-                            textcoords="offset points", xytext=(6, 6), fontsize=7, color=color)
+            draw_interval(ax, r["steps"] * dodge, r["diff"], lim, color, horizontal=False)
+            m = r["diff"]["mean"]
+            if lim[0] <= m <= lim[1]:  # the value beside its dot: small differences stay readable
+                text = f"{m:+.2f}" + (f"\nteacher {r['teacher_top1']:.1f}%" if r.get("teacher_top1") else "")
+                ax.annotate(text, (r["steps"] * dodge, m), textcoords="offset points", xytext=(6, 0), fontsize=7,
+                            color=color, va="center")
         ax.plot([], [], color=color, marker="o", label=variant or "as in the plans")
     ax.set_ylim(*lim)
     ax.grid(alpha=0.3)

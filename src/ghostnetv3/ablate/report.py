@@ -196,9 +196,9 @@ def to_markdown(s: dict[str, Any]) -> str:
               "with a 95% Student-t interval; an interval that contains 0 means no difference was shown."]
     if s.get("runs_under_an_earlier_config"):
         n = len(s["runs_under_an_earlier_config"])
-        lines.append(f"- {n} of these runs are as recorded under an earlier config of the plan (recipe defaults "
-                     f"changed since; the plan pins the ones it knows); `ghostnetv3 ablate` without "
-                     f"--report-only would train them again")
+        lines.append(f"- {n} of these runs are shown as the report recorded them: their config hash differs from "
+                     f"the one this plan now gives (a default or a recipe changed since), so `ghostnetv3 ablate` "
+                     f"without --report-only would train them again")
     if s.get("teacher"):
         t = s["teacher"]
         lines.append(f"- teacher (KD arms): {t['model']}, top-1 {t['top1']:.2f}"

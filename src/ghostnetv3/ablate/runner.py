@@ -5,6 +5,11 @@ time; a run stopped midway continues with `--resume` (exactly, as the engine res
 died before its first checkpoint starts again. The report is rewritten after every finished run, and
 it holds every run's result with its config hash: on a fresh clone (run directories gone, the
 committed report there) the runs it records under the same config count as finished.
+
+Two processes may share a plan (e.g. one per machine on a shared disk, or a second started by
+mistake): each run is claimed by one of them (`lock.py`); the other skips it and says which process
+has it. The teacher, each seed's teacher cache and the report are waited for, not skipped. A failed
+run is reported with the line that says why (the command's error line, not its progress bar).
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ default and named in `assumed`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ghostnetv3.data import AugConfig
 from ghostnetv3.deploy.edge import EDGE_FORMATS, read_sidecar
+from ghostnetv3.engine.inputs import describe_eval_transform, eval_aug_config
 
 __all__ = ["input_contract", "read_input_contract", "read_metadata", "META_KEY", "CONTRACT_KEYS"]
 
@@ -34,22 +34,20 @@ _TRANSFORM_KEYS = ("mean", "std", "interpolation", "eval_crop_pct")
 
 
 def _aug(cfg: dict[str, Any]) -> AugConfig:
+    """The eval transform: the engine's own (`eval_aug_config`, as validation, `eval` and `quantize`
+    build it); a non-square input, which only an export can ask for, takes its two sides."""
     size = cfg["img_size"]
-    size = int(size) if not isinstance(size, (list, tuple)) else tuple(int(s) for s in size)
+    if not isinstance(size, (list, tuple)):
+        return eval_aug_config(cfg, int(cfg["in_chans"]))
     kw = {k: (tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k]) for k in _TRANSFORM_KEYS
           if cfg.get(k) is not None}
-    return AugConfig(image_size=size, in_chans=int(cfg["in_chans"]), train=False, **kw)
+    return AugConfig(image_size=tuple(int(s) for s in size), in_chans=int(cfg["in_chans"]), train=False, **kw)
 
 
-def _sentence(aug: AugConfig, mean, std) -> str:
-    h, w = aug.out_hw
+def _sentence(aug: AugConfig) -> str:
     chans = ("RGB (a gray image: its one channel three times)" if aug.in_chans == 3 else
              "one gray channel (a colour image: luma 0.299 R + 0.587 G + 0.114 B)")
-    crop = (f"resize the shorter side to {h} and centre-crop {h}x{w}" if aug.eval_crop_pct == 1 else
-            f"resize the shorter side to {math.floor(h / aug.eval_crop_pct)} and centre-crop {h}x{w} "
-            f"(crop fraction {aug.eval_crop_pct:g})")
-    return (f"{chans}; {crop} ({aug.interpolation}); divide the 0-255 pixels by 255, subtract mean "
-            f"{[round(m, 4) for m in mean]} and divide by std {[round(s, 4) for s in std]} per channel; "
+    return (f"{chans}; pixels 0-255 divided by 255; {describe_eval_transform(aug)} per channel; "
             f"float32, NCHW")
 
 
@@ -63,7 +61,7 @@ def input_contract(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"in_chans": aug.in_chans, "img_size": cfg["img_size"] if not isinstance(cfg["img_size"], tuple)
             else list(cfg["img_size"]), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
             "interpolation": aug.interpolation, "eval_crop_pct": float(aug.eval_crop_pct),
-            "preprocess": _sentence(aug, mean, std)}
+            "preprocess": _sentence(aug)}
 
 
 def _onnx_metadata(path: Path) -> dict[str, Any]:

@@ -501,7 +501,7 @@ def _write_executorch(program_model: nn.Module, example: torch.Tensor, path: Pat
     require("executorch.backends.xnnpack.partition.xnnpack_partitioner", "ExecuTorch export")  # silenced import
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_output():  # its lowering logs (torch's cpp_extension notice, ...)
         warnings.simplefilter("ignore")
         ep = torch.export.export(program_model, (example,))
         prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
@@ -605,8 +605,9 @@ def export_edge_int8(model: nn.Module, path: str | os.PathLike, fmt: str, input_
 def set_executorch_threads(threads: Optional[int]) -> None:
     """ExecuTorch's XNNPACK threadpool is process-wide; size it like the other backends."""
     if threads:
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-        _unsafe_reset_threadpool(int(threads))
+        lib = require("executorch.extension.pybindings.portable_lib", "ExecuTorch")
+        with quiet_output():  # cpuinfo probes and "Resetting threadpool to N threads", on every call
+            lib._unsafe_reset_threadpool(int(threads))
 
 
 def edge_runner(path: str | os.PathLike, fmt: str, threads: Optional[int] = None
@@ -619,13 +620,14 @@ def edge_runner(path: str | os.PathLike, fmt: str, threads: Optional[int] = None
     if fmt == "executorch":
         runtime = require("executorch.runtime", "Running a .pte")
         set_executorch_threads(threads)
-        method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
+        with quiet_output():  # the runtime's cpuinfo probes
+            method = runtime.Runtime.get().load_program(str(path)).load_method("forward")
         return lambda x: method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
     if fmt == "tflite":
         litert = require("ai_edge_litert.interpreter", "Running a .tflite")
         with quiet_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             interp = litert.Interpreter(model_path=str(path), num_threads=threads or None)
-        interp.allocate_tensors()
+            interp.allocate_tensors()
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
 
         # LiteRT's static INT8 keeps int8 input/output tensors (what an app feeds on-device): the

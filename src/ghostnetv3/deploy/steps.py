@@ -1,9 +1,10 @@
 """How a long deploy step behaves: it says what it is doing, and a SIGTERM cleans up after it.
 
 The converters can work for minutes with nothing to show (ExecuTorch's lowering of a 224-px
-GhostNetV3 took over 3 minutes; LiteRT's import alone ~12 s) while their own output is silenced
-(`export._quiet`). `step` prints one line when a step starts and a "still ..." line every
-`every` seconds while it runs, written to the terminal past that silencing.
+GhostNetV3 took over 3 minutes; LiteRT's import alone ~12 s), and what they do print is noise
+(absl / oneDNN notices, progress bars, graph dumps), silenced by `quiet_output`. `step` prints
+one line when a step starts and a "still ..." line every HEARTBEAT_S seconds while it runs,
+written to the terminal past that silencing.
 
 SIGTERM's default action ends the process on the spot, so the `finally` clauses that remove a
 half-written export never ran (a hidden `.tmp-<pid>-model.onnx` stayed behind).
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 __all__ = ["step", "quiet_output", "sigterm_interrupts", "made_folders", "HEARTBEAT_S"]
 
@@ -47,8 +48,10 @@ def _terminal_writer(log: Callable[[str], None]) -> tuple[Callable[[str], None],
 
 
 @contextlib.contextmanager
-def step(log: Callable[[str], None], what: str, every: float = HEARTBEAT_S) -> Iterator[None]:
-    """Log `what ...`, then `  still what (N s)` every `every` seconds until the block ends."""
+def step(log: Callable[[str], None], what: str, every: Optional[float] = None) -> Iterator[None]:
+    """Log `what ...`, then `  still what (N s)` every `every` seconds (default HEARTBEAT_S) until
+    the block ends."""
+    every = HEARTBEAT_S if every is None else every
     log(f"{what} ...")
     write, release = _terminal_writer(log)
     t0, stop = time.monotonic(), threading.Event()

@@ -175,7 +175,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plan: Ru
 # two layouts flip from run to run (a 32-px GhostNetV3-0.5 measured 262 vs 275 ms one time, the
 # other way round the next), and two runs of one command should not train in different layouts
 CHANNELS_LAST_MARGIN = 0.10
-# the probe's bounds: a model whose first step already takes 2 s is not probed (its 8 steps would take
+# the probe's bounds: a model whose step (after a warm-up) already takes 2 s is not probed (its 8 steps would take
 # minutes: 49-64 s steps of ghostnetv3_100 at 224 px, batch 128, on 2 CPU cores, ran ~7.5 min), and no
 # probe times for longer than 20 s
 PROBE_LONG_STEP_S = 2.0
@@ -206,32 +206,33 @@ def choose_channels_last(model: nn.Module, batch_shape: tuple[int, ...], num_cla
     """(channels_last?, median seconds per step in each layout): time `steps` steps of a copy of
     `model` in each layout, interleaved (after one untimed step each: it allocates and picks kernels).
 
-    Bounded in time: when the first (untimed) NCHW step takes `long_step_s` or more, the probe stops
-    there and keeps NCHW (`{"first_step": seconds}`); after `max_seconds` it stops timing and decides
-    from the steps timed so far (NCHW, `{}`, when none was). The copies are thrown away, so the model,
-    its BN statistics and the RNG streams of the run are untouched (the random input comes from a
-    private generator)."""
+    Bounded in time: when the first timed NCHW step (after its warm-up, which carries the process's
+    one-time costs) takes `long_step_s` or more, the probe stops there and keeps NCHW
+    (`{"first_step": seconds}`); `max_seconds` after that warm-up it stops timing and decides from the
+    steps timed so far (NCHW unless both layouts were timed). The copies are thrown away, so the model, its BN
+    statistics and the RNG streams of the run are untouched (the random input comes from a private
+    generator)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch_shape, generator=gen).to(device)
     y = torch.randint(0, max(num_classes, 1), (batch_shape[0],), generator=gen).to(device)
     rng = torch.random.get_rng_state()  # dropout in the probe must not move the run's random stream
-    t_start = time.perf_counter()
     try:
         probes = {}
         for name, fmt in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
             probe = copy.deepcopy(model).to(memory_format=fmt).train()
             probes[name] = (probe, torch.optim.SGD(probe.parameters(), lr=1e-3, momentum=0.9),
                             x.contiguous(memory_format=fmt))
-        times: dict[str, list[float]] = {name: [] for name in probes}
-        for i in range(steps + 1):
-            for name, (probe, opt, xi) in probes.items():
-                t = _train_step(probe, opt, xi, y)
-                if i:
-                    times[name].append(t)
-                elif t >= long_step_s:
-                    return False, {"first_step": t}
+        _train_step(*probes["nchw"], y)  # warm-up: allocates and picks kernels
+        t_start = time.perf_counter()    # the cap bounds the timing, not the process's one-time costs
+        first = _train_step(*probes["nchw"], y)
+        if first >= long_step_s:
+            return False, {"first_step": first}
+        times: dict[str, list[float]] = {"nchw": [first], "channels_last": []}
+        _train_step(*probes["channels_last"], y)
+        for name in ["channels_last"] + ["nchw", "channels_last"] * (steps - 1):  # interleaved
             if time.perf_counter() - t_start > max_seconds:
                 break
+            times[name].append(_train_step(*probes[name], y))
         del probes
     finally:
         torch.random.set_rng_state(rng)

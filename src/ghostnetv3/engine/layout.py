@@ -9,7 +9,7 @@ exactly what was trained, whatever these rules become later):
   minimum) to 224 (ImageNet's size; larger inputs cost more than small models gain from them).
 - **layout** (GhostNet models, `output_stride` not set): `models.ghostnet.auto_output_stride`,
   the largest total downsampling whose last stage still sees maps of at least 4×4: 32 (the
-  paper's layout) at 128 px and above, 16 at 64–127 px, 8 below 64 px (Fashion-MNIST at 32 px:
+  paper's layout) above 96 px, 16 at 49–96 px, 8 at 48 px and below (Fashion-MNIST at 32 px:
   maps of 16-8-4-4-4 after the stem and each downsampling stage instead of 16-8-4-2-1).  docs/layouts.md has the measurements behind it.
 """
 from __future__ import annotations

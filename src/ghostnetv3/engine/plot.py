@@ -24,9 +24,10 @@ SCHEDULE_KEYS = ("sched", "lr", "min_lr", "warmup_lr")
 
 
 def schedule_record(cfg: TrainConfig, plan: RunPlan, global_step: int) -> dict[str, Any]:
-    """The metrics.jsonl record of a schedule the run follows from optimizer step `global_step` on."""
+    """The metrics.jsonl record of a schedule the run follows from optimizer step `global_step` on (its
+    numbers nested, so TensorBoard and W&B do not chart them as metrics)."""
     return {"type": "schedule", "global_step": int(global_step), "plan": plan.to_dict(),
-            **{k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
+            "schedule": {k: getattr(cfg, k) for k in SCHEDULE_KEYS}}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -47,7 +48,7 @@ def schedule_segments(recs: list[dict]) -> list[dict]:
     (a resume from a checkpoint older than a later record)."""
     out: list[dict] = []
     for r in recs:
-        if r.get("type") == "schedule" and isinstance(r.get("plan"), dict):
+        if r.get("type") == "schedule" and isinstance(r.get("plan"), dict) and isinstance(r.get("schedule"), dict):
             out = [s for s in out if s["global_step"] < r["global_step"]] + [r]
     return out
 
@@ -66,7 +67,7 @@ def _segments_from_config(run_dir: Path, steps_per_epoch: int) -> list[dict]:
 
 def _lr_at(segment: dict, steps: list[int]) -> list[float]:
     """The lr of optimizer step `s` (0-based, the lr it used) under one schedule record."""
-    cfg = TrainConfig(**{k: segment[k] for k in SCHEDULE_KEYS if k in segment})
+    cfg = TrainConfig(**{k: v for k, v in segment["schedule"].items() if k in SCHEDULE_KEYS})
     peak = segment["plan"].get("lr")  # the peak lr the run resolved (from --lr-base), when the plan has it
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr if peak is None else peak)
     sched = build_scheduler(opt, cfg, RunPlan.from_dict(segment["plan"]))
@@ -77,16 +78,24 @@ def _lr_at(segment: dict, steps: list[int]) -> list[float]:
     return out
 
 
-def lr_per_step(run_dir: str | Path, steps_per_epoch: int, max_points: int = 4000,
-                recs: Optional[list[dict]] = None) -> tuple[list[float], list[float], list[float]]:
-    """(epoch positions, lr, epoch positions where the schedule was rebuilt) of the lr the run used at up
-    to `max_points` optimizer steps (plus both sides of every change); ([], [], []) when nothing says."""
-    run_dir = Path(run_dir)
+def _segments(run_dir: Path, steps_per_epoch: int, recs: Optional[list[dict]]) -> list[dict]:
     segments = schedule_segments(read_metrics(run_dir) if recs is None else recs)
+    return segments or _segments_from_config(run_dir, steps_per_epoch)
+
+
+def schedule_changes(run_dir: str | Path, steps_per_epoch: int, recs: Optional[list[dict]] = None) -> list[float]:
+    """Epoch positions where the run rebuilt its schedule (a --resume that changed it, a re-planned budget)."""
+    segments = _segments(Path(run_dir), steps_per_epoch, recs)
+    return [int(s["global_step"]) / int(s["plan"].get("steps_per_epoch") or steps_per_epoch) for s in segments[1:]]
+
+
+def lr_per_step(run_dir: str | Path, steps_per_epoch: int, max_points: int = 4000,
+                recs: Optional[list[dict]] = None) -> tuple[list[float], list[float]]:
+    """(epoch positions, lr) of the lr the run used at up to `max_points` optimizer steps (and on both
+    sides of every schedule change); ([], []) when the run says nothing of its schedule."""
+    segments = _segments(Path(run_dir), steps_per_epoch, recs)
     if not segments:
-        segments = _segments_from_config(run_dir, steps_per_epoch)
-    if not segments:
-        return [], [], []
+        return [], []
     spe = int(segments[-1]["plan"].get("steps_per_epoch") or steps_per_epoch)
     total = int(segments[-1]["plan"]["total_steps"])
     starts = [int(s["global_step"]) for s in segments] + [total]
@@ -97,7 +106,7 @@ def lr_per_step(run_dir: str | Path, steps_per_epoch: int, max_points: int = 400
         steps = sorted(s for s in picked if lo <= s < hi)
         xs += [s / spe for s in steps]
         lrs += _lr_at(seg, steps)
-    return xs, lrs, [s / spe for s in starts[1:-1]]
+    return xs, lrs
 
 
 def plot_run(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
@@ -125,10 +134,11 @@ def plot_run(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
         ax_acc.plot(ex, [r.get("val_top1") for r in epochs], "o-", label="raw")
         if "ema_top1" in epochs[0]:
             ax_acc.plot(ex, [r.get("ema_top1") for r in epochs], "s-", label="EMA")
-    xs, lrs, changes = lr_per_step(run_dir, int(round(spe)), recs=recs)
+    xs, lrs = lr_per_step(run_dir, int(round(spe)), recs=recs)
     if xs:
         ax_lr.plot(xs, lrs, drawstyle="steps-post", label="lr used (schedule, every step)")
-    for i, x in enumerate(changes):  # a --resume that changed the schedule (e.g. --epochs), a re-planned budget
+    # where a --resume changed the schedule (e.g. --epochs) or a time budget re-planned it
+    for i, x in enumerate(schedule_changes(run_dir, int(round(spe)), recs)):
         ax_lr.axvline(x, color="grey", ls=":", lw=1, label="schedule rebuilt (--resume / budget)" if i == 0 else None)
     if steps:
         # a step record holds the lr that step used: the schedule at the step before it
