@@ -23,22 +23,58 @@ def test_lr_panel_is_the_schedule_at_every_step(tiny_run, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def _summary():
-    arm = lambda name, ref, mean, diff: {  # noqa: E731
-        "name": name, "ref": ref, "top1": {"mean": mean, "std": 0.5,
-                                          "diff_vs_ref": None if diff is None else
-                                          {"n": 3, "mean": diff, "ci": [diff - 1.0, diff + 1.0]}}}
-    return {"name": "t", "metrics": ["top1"], "finished_runs": 6, "planned_runs": 6,
-            "arms": [arm("plain", None, 80.0, None), arm("rep3", "plain", 81.0, 1.0)]}
+def _claim(text, arm, ref, mean, half=1.0, verdict="reproduced"):
+    d = {"n": 0, "mean": None, "ci": None} if mean is None else \
+        {"n": 3, "mean": mean, "ci": None if half is None else [mean - half, mean + half]}
+    return {"claim": text, "arm": arm, "ref": ref, "expect": "higher", "margin": 1.0,
+            "top1": {"diff": d, "verdict": verdict}}
 
 
-def test_ablation_chart_starts_at_zero_and_shows_paired_differences():
+def _summary(name="t"):
+    return {"name": name, "metrics": ["top1"], "finished_runs": 9, "planned_runs": 12, "arms": [], "claims": [
+        _claim("Mixup/CutMix hurt compact models", "paper", "conv", 5.08, 1.85),
+        _claim("re-parameterization helps", "rep", "paper", -0.26, 0.40, "inconclusive (interval contains 0)"),
+        _claim("an EMA horizon fitted to the run beats the paper's 0.9998", "ema", "ema_paper", 77.12, 0.38),
+        _claim("one seed so far", "one", "paper", 1.5, None, "inconclusive (fewer than 2 seeds)"),
+        _claim("KD helps", "kd", "rep", None, verdict="inconclusive (fewer than 2 seeds)")]}
+
+
+def _texts_inside(fig) -> list[str]:
+    """The texts drawn (partly) outside the figure: cut off in the PNG."""
+    from matplotlib.text import Text
+    fig.canvas.draw()
+    r, box = fig.canvas.get_renderer(), fig.bbox
+    return [t.get_text() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+            and not (box.x0 - 1 <= t.get_window_extent(r).x0 and t.get_window_extent(r).x1 <= box.x1 + 1
+                     and box.y0 - 1 <= t.get_window_extent(r).y0 and t.get_window_extent(r).y1 <= box.y1 + 1)]
+
+
+def test_ablation_chart_is_a_forest_plot_of_the_claims_with_outliers_marked():
+    """Each claim's paired difference with its 95% interval; 0 on the axis; the axis spans the ordinary
+    intervals, not the +77 outlier, which is drawn to the edge and labelled; an unrun claim is said,
+    not drawn as a zero; no bars; no text cut off."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
     fig = figure(_summary())
-    bars, diffs = fig.axes[0], fig.axes[1]
-    assert bars.get_ylim()[0] == 0.0  # small gaps are not blown up by a truncated axis
-    lo, hi = diffs.get_ylim()
-    assert lo < 0.0 < hi and "reference" in diffs.get_ylabel()  # the interval around 0 is visible
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo < -0.66 and 6.93 < hi < 20.0  # every ordinary interval whole (0 inside); +77 is not
+    texts = [t.get_text() for t in ax.texts]
+    assert "off scale: +77.12 [+76.74, +77.50]" in texts and "not run yet" in texts
+    assert not [p for p in ax.patches if isinstance(p, Rectangle)]  # no bars, so none of height 0
+    dots = [ln for ln in ax.lines if ln.get_marker() == "o"]
+    assert sorted(round(float(ln.get_xdata()[0]), 2) for ln in dots) == [-0.26, 1.5, 5.08]  # the unrun one: none
+    right = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert right[-1] == "not run yet\ninconclusive (fewer than 2 seeds)" and "1 seed: no interval" in right[-2]
+    assert _texts_inside(fig) == []
+    plt.close(fig)
+
+
+def test_quick_look_chart_keeps_its_long_title_inside():
+    import matplotlib.pyplot as plt
+    fig = figure(_summary(name="fashion_mnist-batchsize32-epochs1-imgsize32-trainsubset500-valsubset200"))
+    assert "fashion_mnist-batchsize32" in fig._suptitle.get_text()
+    assert _texts_inside(fig) == []
     plt.close(fig)
 
 

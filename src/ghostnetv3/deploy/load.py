@@ -22,7 +22,7 @@ __all__ = ["load_for_deploy", "read_state_dict", "CHECKPOINT_SUFFIXES"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt", ".safetensors")
 # Model keys of config.yaml that change the architecture (passed to create_model when set).
-_ARCH_KEYS = ("width", "num_conv_branches", "stem_stride", "output_stride", "drop_rate")
+_ARCH_KEYS = ("width", "num_conv_branches", "stem_stride", "output_stride", "linear_branches", "drop_rate")
 # Where a checkpoint dict keeps its weights; EMA first (the paper's reported numbers are EMA's).
 _EMA_KEYS = ("ema", "state_dict_ema", "model_ema")
 _RAW_KEYS = ("model", "state_dict")

@@ -343,8 +343,8 @@ def _from_our_checkpoint(path: Path) -> dict[str, Any]:
     if cfg.get("drop_rate") is not None:
         kwargs["drop_rate"] = cfg["drop_rate"]
     if is_ours(name):
-        kwargs.update({k: cfg[k] for k in ("num_conv_branches", "width", "stem_stride", "output_stride")
-                       if cfg.get(k) is not None})
+        arch = ("num_conv_branches", "width", "stem_stride", "output_stride", "linear_branches")
+        kwargs.update({k: cfg[k] for k in arch if cfg.get(k) is not None})
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if cfg.get("repify"):
         from ghostnetv3.rep import repify

@@ -39,6 +39,8 @@ class TrainConfig:
     scale_branch: Optional[bool] = None  # the 1x1 "scale" branch of each k x k site; None: on (GhostNetV3 models)
     identity_branch: Optional[bool] = None  # the BN-only identity branch; None: on (GhostNetV3 models)
     rep_init: str = "scaled"             # branch BN gamma at init: scaled (1/sqrt(branches at the site)) | reference (1)
+    linear_branches: bool = False        # opt-in, not the paper's: branches linear with one BN after (OREPA-style,
+                                         # faster to train, fuses exactly); GhostNet models
     width: Optional[float] = None        # None: the width in the model's name
     stem_stride: Optional[int] = None    # 1 keeps tiny images (28-32 px) from shrinking to 1x1
     output_stride: Optional[int] = None  # total downsampling (32: the paper's layout); None: from img_size

@@ -73,10 +73,11 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     if set_knobs and not is_ours(cfg.model) and not cfg.repify:
         raise ValueError(f"{', '.join(set_knobs)} apply to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
     if is_ours(cfg.model):  # ghostnetv3_100 or timm's name gnv3_100
-        kwargs.update(set_knobs, rep_init=cfg.rep_init,
+        kwargs.update(set_knobs, rep_init=cfg.rep_init, linear_branches=cfg.linear_branches,
                       output_stride=resolve_output_stride(cfg.model, cfg.img_size, cfg.stem_stride, cfg.output_stride))
-    elif cfg.output_stride not in (None, 32):
-        raise ValueError(f"output_stride applies to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
+    elif cfg.output_stride not in (None, 32) or cfg.linear_branches:
+        knob = "linear_branches" if cfg.linear_branches else "output_stride"
+        raise ValueError(f"{knob} applies to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
     model = create_model(cfg.model, num_classes=num_classes, in_chans=in_chans, pretrained=cfg.pretrained, **kwargs)
     if cfg.repify:
         try:
