@@ -144,13 +144,13 @@ def _fixed_batch(run_batch: Callable[[np.ndarray], np.ndarray], batch: Optional[
     return run
 
 
-def _exported_runner(source: str, fmt: str, cfg: dict[str, Any]) -> Callable:
+def _exported_runner(source: str, fmt: str, cfg: dict[str, Any], threads: Optional[int]) -> Callable:
     if fmt == "onnx":
-        sess = onnx_session(source)
+        sess = onnx_session(source, threads)
         name, first = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[0]
         return _fixed_batch(lambda x: sess.run(None, {name: x})[0], first if isinstance(first, int) else None)
     with quiet_output():  # the runtimes' own lines (XNNPACK delegate, cpuinfo) are not the user's
-        run_edge = edge_runner(source, fmt)
+        run_edge = edge_runner(source, fmt, threads)
 
     def run_quietly(x: np.ndarray) -> np.ndarray:
         with quiet_output():
@@ -160,7 +160,7 @@ def _exported_runner(source: str, fmt: str, cfg: dict[str, Any]) -> Callable:
 
 
 def _load_exported(source: str, fmt: str, arch: dict[str, Any], weights: Optional[str],
-                   checkpoint: Optional[str]) -> tuple[Callable, dict[str, Any]]:
+                   checkpoint: Optional[str], threads: Optional[int]) -> tuple[Callable, dict[str, Any]]:
     if weights or checkpoint:
         raise ValueError(f"{source} is an exported file: its weights were chosen at export; "
                          f"drop --weights/--checkpoint")
@@ -174,20 +174,22 @@ def _load_exported(source: str, fmt: str, arch: dict[str, Any], weights: Optiona
         given = [f for f, k in (("--in-chans", "in_chans"), ("--img-size", "img_size")) if arch.get(k)]
         hint = f"drop {' or '.join(given)}" if "fixed at export" in str(e) else "pass --in-chans C --img-size N"
         raise ValueError(f"{e}; {hint}") from None
-    run = _exported_runner(source, fmt, cfg)
+    run = _exported_runner(source, fmt, cfg, threads)
     cfg.setdefault("model", Path(source).name)
     cfg["weights_from"] = f"exported {fmt} file ({cfg.get('weights', '?')} weights)"
     return run, cfg
 
 
 def _load_source(source: str, weights: Optional[str], checkpoint: Optional[str],
-                 arch: Optional[dict[str, Any]] = None) -> tuple[Callable, dict[str, Any]]:
+                 arch: Optional[dict[str, Any]] = None, threads: Optional[int] = None
+                 ) -> tuple[Callable, dict[str, Any]]:
     """(callable images -> logits, cfg) for RUN_DIR | CHECKPOINT | MODEL_NAME | exported FILE.
-    `arch`: model, num_classes, in_chans, img_size given on the command line (None: unset)."""
+    `arch`: model, num_classes, in_chans, img_size given on the command line (None: unset);
+    `threads`: an exported file's runtime threads (None: the runtime's default)."""
     arch = {k: v for k, v in (arch or {}).items() if v is not None}
     fmt = EXPORTED_SUFFIXES.get(Path(source).suffix.lower())
     if fmt:
-        return _load_exported(source, fmt, arch, weights, checkpoint)
+        return _load_exported(source, fmt, arch, weights, checkpoint, threads)
     model, cfg = load_for_deploy(source, weights=weights, checkpoint=checkpoint, **arch)
     fused, _ = to_deploy_form(model, log=lambda m: None)
     fused.eval()
@@ -211,10 +213,11 @@ def _top(probs: torch.Tensor, paths: Sequence[Path], topk: int, classes) -> list
 def predict(source: str, images: Sequence[str | Path], *, topk: int = 5, weights: Optional[str] = None,
             checkpoint: Optional[str] = None, model: Optional[str] = None, num_classes: Optional[int] = None,
             in_chans: Optional[int] = None, img_size: Optional[int] = None,
-            on_bad_image: str = "fail") -> dict[str, Any]:
+            on_bad_image: str = "fail", threads: Optional[int] = None) -> dict[str, Any]:
     """{model, source, weights, input, images: [{image, top: [{class, index, prob}]}], skipped}.
     images: files, folders or glob patterns. on_bad_image: "fail" stops at an unreadable image,
-    naming it; "skip" leaves it out and lists it under `skipped`."""
+    naming it; "skip" leaves it out and lists it under `skipped`. threads: an exported file's runtime
+    threads (torch's are the caller's, `--threads` in the CLI)."""
     if topk < 1:
         raise ValueError(f"--topk must be at least 1, got {topk}")
     if on_bad_image not in ("fail", "skip"):
@@ -224,7 +227,7 @@ def predict(source: str, images: Sequence[str | Path], *, topk: int = 5, weights
         if arch[key] is not None and arch[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {arch[key]}")
     paths = expand_images(images)
-    run, cfg = _load_source(str(source), weights, checkpoint, arch)
+    run, cfg = _load_source(str(source), weights, checkpoint, arch, threads)
     out: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for kept, x in _batches(paths, cfg, on_bad_image, skipped):
@@ -253,7 +256,7 @@ def _cmd(args) -> int:
     apply_threads(args.threads)
     r = predict(args.source, args.images, topk=args.topk, weights=args.weights, checkpoint=args.run_checkpoint,
                 model=args.model, num_classes=args.num_classes, in_chans=args.in_chans, img_size=args.img_size,
-                on_bad_image=args.on_bad_image)
+                on_bad_image=args.on_bad_image, threads=args.threads)
     print(json.dumps(r) if args.json else format_predictions(r))
     return 0
 

@@ -14,6 +14,7 @@ import yaml
 from ghostnetv3.ablate import load_plan
 from ghostnetv3.ablate import runner as runner_mod
 from ghostnetv3.ablate.budget import collect
+from ghostnetv3.ablate.budget import to_markdown as to_markdown_budget
 from ghostnetv3.ablate.plan import config_hash, with_budget
 from ghostnetv3.ablate.report import summarize, to_markdown, write_report
 from ghostnetv3.cli import main
@@ -146,7 +147,8 @@ def test_the_budget_chart_is_built_from_the_recorded_grids(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"budget chart: {tmp_path / 'res' / 'budget.md'}")
     b = json.loads((tmp_path / "res" / "budget.json").read_text())
     assert [(g["name"], g["steps"]) for g in b["grids"]] == [("small", 93), ("big", 4700)]
-    assert b["grids"][0]["steps_from"].startswith("the budget") and b["grids"][1]["steps_from"] == "recorded by the runs"
+    assert b["grids"][0]["steps_from"].startswith("the budget")
+    assert b["grids"][1]["steps_from"] == "recorded by the runs"
     assert b["left_out"] == ["ablation_q-epochs1.json: a quick look (its plan's budget overridden)"]
     rep = [r for r in b["rows"] if r["ingredient"] == "re-param"]
     assert [(r["steps"], round(r["diff"]["mean"], 2), r["variant"]) for r in rep] == \
@@ -159,6 +161,24 @@ def test_the_budget_chart_is_built_from_the_recorded_grids(tmp_path, capsys):
     assert "## linear branches (re-param)\n\nNot measured yet" in md
     assert "## EMA\n\nNot measured yet" in md  # no 0-height stand-ins for what was not measured
     assert (tmp_path / "res" / "budget.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_grid_in_progress_sits_at_the_steps_its_finished_runs_recorded(tmp_path):
+    """All training images (no train_subset: the budget alone does not fix the steps): the runs
+    finished so far place the grid; claims whose arms have not run are listed, not drawn."""
+    full = {"train_subset": None, "batch_size": 128, "epochs": 10}
+    plan = load_plan(write_plan(tmp_path / "full.yaml", tmp_path / "res", name="full", common=full))
+    write_report(plan, fake_results(plan, {"conv": SCORES["conv"], "paper": SCORES["paper"][:2]}, global_step=4680))
+    empty = load_plan(write_plan(tmp_path / "empty.yaml", tmp_path / "res", name="empty", common=full))
+    write_report(empty, fake_results(empty, {}))
+    b = collect(tmp_path / "res")
+    assert [(g["name"], g["steps"], g["finished_runs"]) for g in b["grids"]] == [("full", 4680, 5)]
+    assert b["left_out"] == ["ablation_empty.json: steps per run unknown (not recorded by the runs, and the budget "
+                             "does not fix the number of training images; a finished run records them)"]
+    rows = {r["ingredient"]: r for r in b["rows"]}
+    assert rows["no-mixup-cutmix"]["diff"]["n"] == 2 and rows["no-mixup-cutmix"]["steps"] == 4680
+    assert rows["kd"]["steps"] == 4680 and rows["kd"]["diff"]["mean"] is None  # not run yet: no point
+    assert "| 4,680 | full | – | kd − rep | not run yet | 0 |" in to_markdown_budget(b)
 
 
 def test_the_budget_chart_draws_steps_on_a_log_axis_and_nothing_for_unmeasured_ingredients(tmp_path):

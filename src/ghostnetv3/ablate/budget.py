@@ -24,10 +24,13 @@ HOW_TO_READ = ("Each point: one claim of one recorded grid, arm minus its refere
 
 
 def _grid(path: Path, s: dict[str, Any], tagged: list[dict[str, Any]]) -> dict[str, Any]:
-    steps = s.get("steps_per_run") or tagged[0].get("steps")
+    steps = s.get("steps_per_run")
+    if steps is None:  # the arms disagree or none is known: the tagged claims' own, if they agree
+        steps = next(iter({c["steps"] for c in tagged})) if len({c["steps"] for c in tagged}) == 1 else None
     t = s.get("teacher") or {}
     return {"name": s["name"], "report": path.with_suffix(".md").name, "data": s.get("data"), "steps": steps,
-            "steps_from": tagged[0].get("steps_from"), "finished_runs": s.get("finished_runs"),
+            "steps_from": next((c["steps_from"] for c in tagged if c["steps"] == steps), None),
+            "finished_runs": s.get("finished_runs"),
             "planned_runs": s.get("planned_runs"), "updated": s.get("updated"),
             "teacher": {"model": t.get("model"), "top1": t.get("top1")} if t.get("top1") is not None else None}
 
@@ -60,9 +63,14 @@ def collect(results_dir: Path) -> dict[str, Any]:
             left_out.append(f"{path.name}: no {METRIC} scores")
             continue
         grid = _grid(path, s, tagged)
+        if grid["steps"] is None:
+            left_out.append(f"{path.name}: steps per run unknown ({tagged[0].get('steps_from')}; a finished "
+                            f"run records them)")
+            continue
         for c in tagged:
             if c.get("steps") is None:
-                left_out.append(f"{path.name}, {c['arm']} − {c['ref']}: steps per run unknown ({c.get('steps_from')})")
+                left_out.append(f"{path.name}, {c['arm']} − {c['ref']}: steps per run unknown "
+                                f"({c.get('steps_from')})")
                 continue
             rows.append({"ingredient": c["ingredient"], "variant": c.get("variant") or "", "grid": s["name"],
                          "data": s.get("data"), "steps": c["steps"], "claim": c["claim"], "arm": c["arm"],
@@ -96,7 +104,8 @@ def to_markdown(b: dict[str, Any]) -> str:
              "Chart: [budget.png](budget.png), data: [budget.json](budget.json).", "", b["how_to_read"],
              "Steps per run: the optimizer steps each grid's runs recorded, or for grids whose runs did not record "
              "them, their budget as the engine trains it (full batches only).", "",
-             "## Grids", "", "| grid | data | optimizer steps per run | runs | teacher (KD rows) |", "|---|---|---|---|---|"]
+             "## Grids", "", "| grid | data | optimizer steps per run | runs | teacher (KD rows) |",
+             "|---|---|---|---|---|"]
     for g in b["grids"]:
         lines.append(f"| [{g['name']}]({g['report']}) | {g['data'] or '–'} | {g['steps']:,} ({g['steps_from']}) | "
                      f"{g['finished_runs']} of {g['planned_runs']} | {_teacher(g) or '–'} |")
@@ -110,7 +119,8 @@ def to_markdown(b: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['steps']:,} | {r['grid']} | {r['variant'] or '–'} | {r['arm']} − {r['ref']} | "
-                         f"{_fmt_diff(r['diff'])} | {r['diff'].get('n', 0)} | {r['verdict']} | {r['teacher'] or '–'} |")
+                         f"{_fmt_diff(r['diff'])} | {r['diff'].get('n', 0)} | {r['verdict']} | "
+                         f"{r['teacher'] or '–'} |")
     if b["left_out"]:
         lines += ["", "## Left out", ""] + [f"- {x}" for x in b["left_out"]]
     return "\n".join(lines) + "\n"

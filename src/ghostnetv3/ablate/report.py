@@ -66,13 +66,16 @@ def verdict(diff: dict[str, Any], expect: str, margin: float = 1.0) -> str:
     return "inconclusive (interval contains 0)"
 
 
+RECORDED = "recorded by the runs"
+
+
 def steps_per_run(plan: Plan, arm: Arm, runs: list[dict[str, Any]]) -> tuple[Optional[int], str]:
     """Optimizer steps per run of an arm, and where the number comes from: the global step its runs
     recorded (the most common among those that did not diverge), else its budget as the engine trains
     it (drop_last: train_subset // batch_size full batches per epoch); (None, why) when neither says."""
     recorded = [r["global_step"] for r in runs if r.get("global_step") and not r.get("diverged")]
     if recorded:
-        return collections.Counter(recorded).most_common(1)[0][0], "recorded by the runs"
+        return collections.Counter(recorded).most_common(1)[0][0], RECORDED
     cfg = plan.config(arm, 0)
     if cfg.train_subset and cfg.batch_size and cfg.epochs:
         return (cfg.train_subset // cfg.batch_size) * cfg.epochs, \
@@ -80,12 +83,23 @@ def steps_per_run(plan: Plan, arm: Arm, runs: list[dict[str, Any]]) -> tuple[Opt
     return None, "not recorded by the runs, and the budget does not fix the number of training images"
 
 
+def grid_steps(steps: dict[str, tuple[Optional[int], str]]) -> tuple[Optional[int], str]:
+    """The grid's steps per run: the one number its arms agree on (arms not yet known left out);
+    None when they disagree or none is known."""
+    known = {v for v in steps.values() if v[0] is not None}
+    if len({n for n, _ in known}) != 1:
+        return None, "the arms differ" if known else "unknown"
+    return min(known, key=lambda v: v[1] != RECORDED)  # what a run recorded before what its budget says
+
+
 def _claims(plan: Plan, by_arm: dict[str, list[dict]], steps: dict[str, tuple]) -> list[dict[str, Any]]:
     claims = []
+    grid = grid_steps(steps)
     for c in plan.claims:
+        # the arm's own, else its reference's (the pair shares a budget), else the grid's
+        n, why = next((v for v in (steps[c.arm], steps[c.ref], grid) if v[0] is not None), steps[c.arm])
         entry = {"claim": c.claim, "arm": c.arm, "ref": c.ref, "expect": c.expect, "margin": c.margin,
-                 "ingredient": c.ingredient, "variant": c.variant, "steps": steps[c.arm][0],
-                 "steps_from": steps[c.arm][1]}
+                 "ingredient": c.ingredient, "variant": c.variant, "steps": n, "steps_from": why}
         for m in plan.metrics:
             d = paired_diff({r["seed"]: r[m] for r in by_arm.get(c.arm, [])},
                             {r["seed"]: r[m] for r in by_arm.get(c.ref, [])})
@@ -121,10 +135,9 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
             d = paired_diff({r["seed"]: r["ema_top1"] for r in pairs}, {r["seed"]: r["raw_top1"] for r in pairs})
             ema_vs_raw.append({"arm": arm.name, "diff": d, "verdict": ema_verdict(d)})
     teacher = results.get("teacher")
-    arm_steps = {v[0] for v in steps.values()}
     return {"name": plan.name, "plan": plan.source, "description": plan.description, "recipe": plan.recipe,
             "data": plan.config(plan.arms[0], 0).data, "budget": plan.common,
-            "budget_overrides": plan.overrides, "steps_per_run": arm_steps.pop() if len(arm_steps) == 1 else None,
+            "budget_overrides": plan.overrides, "steps_per_run": grid_steps(steps)[0],
             "seeds": plan.seeds, "metrics": list(plan.metrics),
             "teacher": None if teacher is None else {k: teacher.get(k) for k in ("model", "top1", "macro_f1",
                                                                                  "balanced_acc", "wall_s")},

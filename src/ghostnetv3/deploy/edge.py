@@ -489,7 +489,7 @@ def _nncf_quantize(ov_model, calib: Iterable[np.ndarray], batch: int):
     items = [np.ascontiguousarray(x[i:i + batch]) for x in calib for i in range(0, len(x) - batch + 1, batch)]
     if not items:
         raise ValueError("no calibration images were read; check --calib-data and --calib-size")
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # calibration runs the CPU plugin
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), quiet_output():  # NNCF's progress
         q = on_openvino_thread(nncf.quantize, ov_model, nncf.Dataset(items), subset_size=len(items),
                                fast_bias_correction=False)
     return q, len(items) * batch
@@ -521,7 +521,7 @@ def _write_tflite(program_model: nn.Module, example: torch.Tensor, path: Path, q
 
 def _convert_openvino(model: nn.Module, example: torch.Tensor):
     ov = require("openvino", "OpenVINO export")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_output():  # torch's "No CUDA runtime is found" on its first trace
         warnings.simplefilter("ignore")
         return ov.convert_model(model, example_input=example, input=[list(example.shape)])
 
