@@ -117,7 +117,7 @@ def forest_rows(s: dict[str, Any], metric: str) -> list[dict[str, Any]]:
             for a in s["arms"] if a.get("ref")]
 
 
-def _forest_panel(ax, rows: list[dict[str, Any]], metric_label: str) -> None:
+def _forest_panel(ax, rows: list[dict[str, Any]], metric_label: str, row_labels: bool = True) -> None:
     lim = span([r["diff"] for r in rows])
     ys = list(range(len(rows)))[::-1]  # the first claim on top
     ax.axvline(0.0, color="black", lw=0.9)
@@ -133,8 +133,11 @@ def _forest_panel(ax, rows: list[dict[str, Any]], metric_label: str) -> None:
     ax.set_xlim(*lim)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_yticks(ys)
-    ax.set_yticklabels([textwrap.fill(r["label"], 38) + f"\n({r['test']})" for r in rows], fontsize=7.5)
-    ax.set_xlabel(f"Δ {metric_label}, arm − reference (points): mean over seeds, 95% interval")
+    # the claims name the rows once, left of the first metric's panel
+    ax.set_yticklabels([textwrap.fill(r["label"], 38) + f"\n({r['test']})" for r in rows] if row_labels
+                       else [""] * len(rows), fontsize=7.5)
+    ax.set_title(f"Δ {metric_label}", fontsize=9)
+    ax.set_xlabel(f"Δ {metric_label}, arm − reference (points):\nmean over seeds, 95% interval", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     right = ax.twinx()  # the numbers beside each row, so a clipped interval is still readable
     right.set_ylim(ax.get_ylim())
@@ -150,13 +153,14 @@ def report_figure(s: dict[str, Any], labels: dict[str, str]):
     plt = _plt()
     metrics = s["metrics"]
     rows = forest_rows(s, metrics[0])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(9.5 * len(metrics), 1.6 + 0.62 * max(len(rows), 1)),
+    width = 9.5 + 6.5 * (len(metrics) - 1)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 1.8 + 0.62 * max(len(rows), 1)),
                              squeeze=False, layout="constrained")
-    for ax, m in zip(axes[0], metrics):
-        _forest_panel(ax, forest_rows(s, m), labels[m])
+    for col, (ax, m) in enumerate(zip(axes[0], metrics)):
+        _forest_panel(ax, forest_rows(s, m), labels[m], row_labels=col == 0)
     title = (f"ablation {s['name']}: each claim as a paired difference over seeds "
              f"({s['finished_runs']} of {s['planned_runs']} runs finished)")
-    fig.suptitle(textwrap.fill(title, 100 * len(metrics)), fontsize=10)
+    fig.suptitle(textwrap.fill(title, int(width * 10)), fontsize=10)
     return fig
 
 

@@ -1,0 +1,167 @@
+"""Accuracy per MAC on Fashion-MNIST (issue 23): fused EMA top-1 on the full 10k test set against fused
+MACs, for our layouts and widths at one fixed budget, with the public table's rows where their cost
+can be computed. Writes docs/layouts.{json,md,png}; a point already recorded there (same command) is
+not run again, so the script resumes and can be spread over sittings.
+
+  python benchmarks/fashion_mnist_layouts.py                       # every point, 1 thread each
+  python benchmarks/fashion_mnist_layouts.py --points s2_os8_w050  # one point
+  python benchmarks/fashion_mnist_layouts.py --report-only         # redraw from docs/layouts.json
+
+The budget is a number of optimizer steps, not minutes, so a point does not depend on the machine's
+load: all 60k training images, `--epochs` (default 3: 1,404 steps at batch 128), the plain network
+(one conv+BN per site: the fused architecture, trained directly), the shipped recipe otherwise
+(paper recipe, EMA), seed 0. Prints the recorded points as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+
+import ghostnetv3
+from ghostnetv3.engine.evaluate import ALL, evaluate_checkpoint
+from ghostnetv3.rep.count import count_params_macs
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+# name -> (width, stem_stride, output_stride)
+POINTS = {
+    "s2_os32_w050": (0.5, 2, 32),   # the paper's layout (the old recipe's network)
+    "s2_os16_w050": (0.5, 2, 16),
+    "s2_os8_w050": (0.5, 2, 8),     # the layout rule's choice at 32 px
+    "s1_os16_w050": (0.5, 1, 16),
+    "s1_os8_w050": (0.5, 1, 8),
+    "s2_os8_w035": (0.35, 2, 8),
+    "s2_os8_w075": (0.75, 2, 8),
+    "s2_os8_w100": (1.0, 2, 8),
+    "s2_os4_w050": (0.5, 2, 4),
+}
+# zalandoresearch/fashion-mnist README, benchmark table (as published; SPEC §7). Only rows whose
+# architecture is standard enough to count get a MAC position: ResNet-18 as torchvision builds it,
+# on 1-channel 28-px input. The others are drawn as accuracy lines without a cost.
+PUBLIC = [("2 conv + pooling (Keras)", 87.6, None), ("2 conv, < 100k params", 92.5, None),
+          ("3 conv + 2 FC, dropout", 92.6, None), ("ResNet-18", 94.9, "resnet18"), ("MobileNet", 95.0, None),
+          ("WRN-28-10", 95.9, None)]
+
+
+def fused_macs(width: float, stem: int, os_: int) -> tuple[int, int]:
+    m = ghostnetv3.create_model("ghostnetv3_050", width=width, num_classes=10, in_chans=1, stem_stride=stem,
+                                output_stride=os_, num_conv_branches=1, scale_branch=False, identity_branch=False)
+    return count_params_macs(ghostnetv3.reparameterize(m.eval()), (1, 32, 32))
+
+
+def public_points() -> list[dict]:
+    out = []
+    for name, top1, arch in PUBLIC:
+        macs = None
+        if arch:
+            m = getattr(torchvision.models, arch)(num_classes=10)
+            m.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+            macs = count_params_macs(m.eval(), (1, 28, 28))[1]
+        out.append({"name": name, "top1": top1, "fused_macs": macs})
+    return out
+
+
+def run_point(name: str, epochs: int, threads: int, out: Path) -> dict:
+    width, stem, os_ = POINTS[name]
+    cmd = [sys.executable, "-m", "ghostnetv3.cli", "train", "-c", str(REPO / "recipes/fashion_mnist.yaml"),
+           "--width", str(width), "--stem-stride", str(stem), "--output-stride", str(os_), "--img-size", "32",
+           "--num-conv-branches", "1", "--scale-branch", "false", "--identity-branch", "false",
+           "--train-subset", "none", "--val-subset", "none", "--epochs", str(epochs), "--batch-size", "128",
+           "--model-ema", "true", "--seed", "0", "--threads", str(threads), "--log-interval", "0",
+           "--output", str(out), "--experiment", name]
+    run_dir = out / name
+    if (run_dir / "last.pt").exists():
+        cmd = [sys.executable, "-m", "ghostnetv3.cli", "train", "--resume", str(run_dir), "--threads", str(threads)]
+    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    res = evaluate_checkpoint(run_dir, weights="ema", checkpoint="last", val_subset=ALL)
+    params, macs = fused_macs(width, stem, os_)
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = [r for r in steps if r.get("type") == "epoch"][-1]
+    return {"name": name, "width": width, "stem_stride": stem, "output_stride": os_, "epochs": epochs,
+            "steps": last["global_step"], "fused_params": params, "fused_macs": macs,
+            "top1": res["fused"]["top1"], "test_images": res["n"],
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+
+
+def write_report(points: list[dict], public: list[dict]) -> None:
+    (DOCS / "layouts.json").write_text(json.dumps({"points": points, "public": public}, indent=1) + "\n")
+    lines = ["# Accuracy per MAC on Fashion-MNIST (generated by benchmarks/fashion_mnist_layouts.py)", "",
+             "Fused EMA top-1 on the full 10k test set against fused MACs per 32-px image, one seed (0), the "
+             "plain network trained directly, the shipped recipe otherwise; every point has the same budget "
+             "(its `steps` column). Public rows are as published (their own budgets, usually far longer).", "",
+             "| point | width | stem | output stride | steps | fused params | fused MACs | top-1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in sorted(points, key=lambda p: p["fused_macs"]):
+        lines.append(f"| {p['name']} | {p['width']} | {p['stem_stride']} | {p['output_stride']} | {p['steps']} | "
+                     f"{p['fused_params'] / 1e6:.2f}M | {p['fused_macs'] / 1e6:.1f}M | {p['top1']:.2f} |")
+    lines += ["", "| public row | top-1 | MACs (our count) |", "|---|---|---|"]
+    lines += [f"| {p['name']} | {p['top1']} | {'%.0fM' % (p['fused_macs'] / 1e6) if p['fused_macs'] else '-'} |"
+              for p in public]
+    missing = [n for n in POINTS if n not in {p["name"] for p in points}]
+    if missing:
+        lines += ["", f"Not yet run: {', '.join(missing)} (the script resumes)."]
+    (DOCS / "layouts.md").write_text("\n".join(lines) + "\n")
+    _plot(points, public)
+
+
+def _plot(points: list[dict], public: list[dict]) -> None:
+    import matplotlib  # lazy: the plot extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in points:
+        ax.scatter(p["fused_macs"] / 1e6, p["top1"], color="C0")
+        ax.annotate(p["name"], (p["fused_macs"] / 1e6, p["top1"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    for p in public:
+        if p["fused_macs"]:
+            ax.scatter(p["fused_macs"] / 1e6, p["top1"], color="C3", marker="s")
+            ax.annotate(p["name"], (p["fused_macs"] / 1e6, p["top1"]), fontsize=7, xytext=(3, -9),
+                        textcoords="offset points", color="C3")
+        else:
+            ax.axhline(p["top1"], color="C3", lw=0.6, ls=":")
+            ax.text(ax.get_xlim()[0] if points else 1, p["top1"], f" {p['name']} ({p['top1']})", fontsize=6,
+                    color="C3", va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("fused MACs per image (log scale)")
+    ax.set_ylabel("top-1 % (full test set)")
+    ax.set_title("Fashion-MNIST: ours (blue, one fixed step budget) vs the public table (red)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(DOCS / "layouts.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--points", default=",".join(POINTS), help="comma list of point names")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--output", default="runs/layouts")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    path = DOCS / "layouts.json"
+    recorded = json.loads(path.read_text())["points"] if path.exists() else []
+    public = public_points()
+    for name in filter(None, args.points.split(",")):
+        if name not in POINTS:
+            raise SystemExit(f"unknown point {name!r}; one of {', '.join(POINTS)}")
+        if args.report_only or any(p["name"] == name and p["epochs"] == args.epochs for p in recorded):
+            continue
+        recorded = [p for p in recorded if p["name"] != name] + [run_point(name, args.epochs, args.threads,
+                                                                           Path(args.output))]
+        write_report(recorded, public)  # after every point: a stopped sitting loses nothing
+    write_report(recorded, public)
+    print(json.dumps({"benchmark": "fashion_mnist_layouts", "points": recorded, "public": public}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
