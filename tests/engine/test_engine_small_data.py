@@ -60,6 +60,9 @@ def test_new_user_small_folder_cli(tmp_path):
     assert probe[1] < out.index(header)
     state = load(tmp_path / "run" / "last.pt")
     assert state["global_step"] == 30 and state["plan"]["batch_size"] == 16
+    r = run_cli(["eval", str(tmp_path / "run")])                  # the saved config says batch_size: auto
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "top-1" in r.stdout and "18 images" in r.stdout
 
 
 def test_explicit_batch_is_kept_and_its_large_remainder_trained(tmp_path):
@@ -135,3 +138,14 @@ def test_time_limit_applies_to_a_run_under_20_steps(tmp_path, tiny_sets):
     state = load(tmp_path / "run" / "last.pt")
     assert state["global_step"] == plan["total_steps"] > 2
     assert abs(summary["lr"] - cfg.min_lr) < 1e-9                 # the planned cosine ran to its end
+
+
+def test_resume_keeps_the_auto_batch_the_run_started_with(tmp_path, tiny_sets, capsys):
+    """`batch_size: auto` is decided once (kept in the plan): a resume whose data would give another batch
+    continues with the run's own."""
+    train(tiny_config(tmp_path, batch_size=None, epochs=1), train_set=tiny_sets[0], val_set=tiny_sets[1])
+    assert "| batch 32 (auto: 128 halved so that an epoch of 256 images has 8 steps) |" in capsys.readouterr().out
+    train(tiny_config(tmp_path, batch_size=None, epochs=2, resume=str(tmp_path / "run")),
+          train_set=tiny_sets[0].subset(range(128)), val_set=tiny_sets[1])           # auto alone would say 16
+    assert "| batch 32 (auto: 128 halved so that an epoch of 128 images has 4 steps) |" in capsys.readouterr().out
+    assert load(tmp_path / "run" / "last.pt")["plan"]["batch_size"] == 32

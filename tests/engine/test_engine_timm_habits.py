@@ -25,7 +25,9 @@ def test_micro_batches_split_like_tensor_split():
 def _grads(accum, batch, model, scaler):
     from ghostnetv3.data.loader import Batch
     model.zero_grad(set_to_none=True)
-    loss_fn = lambda x, y, part: (nn.functional.cross_entropy(model(x), y), {"kd": torch.tensor(float(len(y)))})  # noqa: E731
+
+    def loss_fn(x, y, part):  # a KD-like part: the micro-batch's size, summed with its share
+        return nn.functional.cross_entropy(model(x), y), {"kd": torch.tensor(float(len(y)))}
     loss, parts = forward_backward(model, Batch(*batch), loss_fn, accum=accum, scaler=scaler)
     return loss, parts, [p.grad.clone() for p in model.parameters()]
 
@@ -59,6 +61,24 @@ def test_grad_accum_run_matches_the_whole_batch_run(tmp_path, tiny_sets):
     moved = max((a["state_dict"][k] - init[k]).abs().max().item() for k in init if init[k].is_floating_point())
     diff = max((a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in init)
     assert moved > 1e-2 and diff < 0.01 * moved, (diff, moved)
+
+
+def test_grad_accum_under_ddp_matches_one_process(tmp_path):
+    """torchrun 2x1 with 2 micro-batches per rank (gradients synced on the last only) trains the steps of one
+    process with whole batches (GroupNorm model: up to float summation order, as tests/engine/test_engine_ddp.py)."""
+    import subprocess
+    from engine_helpers import env
+    kw = dict(model="test_efficientnet_gn", drop_rate=0.0, epochs=1)
+    one = run_cli(["train", *cli_args(tmp_path, experiment="one", **kw)])
+    assert one.returncode == 0, one.stderr[-2000:]
+    args = cli_args(tmp_path, experiment="two", grad_accum_steps=2, **kw)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "ghostnetv3.cli", "train", *args], env=env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "batch 32 as 2 micro-batches of ~8" in two.stdout
+    a, b = load(tmp_path / "one" / "last.pt"), load(tmp_path / "two" / "last.pt")
+    assert a["global_step"] == b["global_step"] == 8
+    assert_same_state(a["state_dict"], b["state_dict"], atol=1e-3)
 
 
 def test_grad_accum_larger_than_the_batch_is_one_line(tmp_path):

@@ -24,12 +24,13 @@ HOW_TO_READ = ("Each point: one claim of one recorded grid, arm minus its refere
 
 
 def _grid(path: Path, s: dict[str, Any], tagged: list[dict[str, Any]]) -> dict[str, Any]:
-    steps = s.get("steps_per_run")
+    steps, steps_from = s.get("steps_per_run"), s.get("steps_from")
     if steps is None:  # the arms disagree or none is known: the tagged claims' own, if they agree
         steps = next(iter({c["steps"] for c in tagged})) if len({c["steps"] for c in tagged}) == 1 else None
+        steps_from = next((c["steps_from"] for c in tagged if c["steps"] == steps), None)
     t = s.get("teacher") or {}
     return {"name": s["name"], "report": path.with_suffix(".md").name, "data": s.get("data"), "steps": steps,
-            "steps_from": next((c["steps_from"] for c in tagged if c["steps"] == steps), None),
+            "steps_from": steps_from,
             "finished_runs": s.get("finished_runs"),
             "planned_runs": s.get("planned_runs"), "updated": s.get("updated"),
             "teacher": {"model": t.get("model"), "top1": t.get("top1")} if t.get("top1") is not None else None}

@@ -138,6 +138,7 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
     return {"name": plan.name, "plan": plan.source, "description": plan.description, "recipe": plan.recipe,
             "data": plan.config(plan.arms[0], 0).data, "budget": plan.common,
             "budget_overrides": plan.overrides, "steps_per_run": grid_steps(steps)[0],
+            "steps_from": grid_steps(steps)[1],
             "seeds": plan.seeds, "metrics": list(plan.metrics),
             "teacher": None if teacher is None else {k: teacher.get(k) for k in ("model", "top1", "macro_f1",
                                                                                  "balanced_acc", "wall_s")},
@@ -186,8 +187,8 @@ def _fmt_diff(d: Optional[dict[str, Any]]) -> str:
     return s
 
 
-def to_markdown(s: dict[str, Any]) -> str:
-    metrics = s["metrics"]
+def _header(s: dict[str, Any]) -> list[str]:
+    """The report's opening: what was run, on what budget, where, and what is scored."""
     lines = [f"# Ablation: {s['name']}", ""]
     if s.get("budget_overrides"):  # the plan's description states the plan's budget, not this one
         over = ", ".join(f"{k}={v}" for k, v in s["budget_overrides"].items())
@@ -197,7 +198,7 @@ def to_markdown(s: dict[str, Any]) -> str:
         lines += [s["description"], ""]
     budget = ", ".join(f"{k}={v}" for k, v in s["budget"].items())
     steps = s.get("steps_per_run")
-    step_from = next((a["steps_from"] for a in s["arms"] if a.get("steps") == steps), "") if steps else ""
+    step_from = s.get("steps_from", "")
     lines += [f"- plan: `{s['plan']}` on recipe `{s['recipe']}`; budget, the same for every arm: {budget}"
               + (f"; {steps:,} optimizer steps per run ({step_from})" if steps else ""),
               f"- runs finished: {s['finished_runs']} of {s['planned_runs']} ({s['seeds']} seeds per arm); "
@@ -216,6 +217,12 @@ def to_markdown(s: dict[str, Any]) -> str:
         t = s["teacher"]
         lines.append(f"- teacher (KD arms): {t['model']}, top-1 {t['top1']:.2f}"
                      + (f", balanced acc. {t['balanced_acc']:.2f}" if t.get("balanced_acc") is not None else ""))
+    return lines
+
+
+def to_markdown(s: dict[str, Any]) -> str:
+    metrics = s["metrics"]
+    lines = _header(s)
     lines += ["", "| arm | what changes | ref | n | " + " | ".join(LABELS[m] for m in metrics) + " | "
               + " | ".join(f"Δ {LABELS[m]} vs ref [95% CI]" for m in metrics) + " | train s/run |",
               "|" + "---|" * (5 + 2 * len(metrics))]

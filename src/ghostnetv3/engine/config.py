@@ -80,10 +80,10 @@ class TrainConfig:
     # --- optimisation (SPEC section 3 defaults) ---
     epochs: int = 300
     time_limit: Optional[float] = None   # minutes of training (evaluation excluded): the schedule is planned to end then
-    batch_size: Optional[int] = None     # the GLOBAL batch (images per optimizer step): each of N DDP ranks sees batch_size // N; None/auto: 128, halved on small data until an epoch has 8 steps
-    grad_accum_steps: int = 1            # run each batch as N micro-batches, one optimizer step per batch: the same effective batch in less memory
+    batch_size: Optional[int] = None     # the GLOBAL batch, split over DDP ranks; None/auto: 128, halved for 8 steps/epoch
+    grad_accum_steps: int = 1            # each batch as N micro-batches: the same optimizer step in less memory
     opt: str = "sgd"
-    lr: Optional[float] = None           # peak learning rate (after warmup); None: from lr_base when that is set, else 0.05
+    lr: Optional[float] = None           # peak lr (after warmup); None: from lr_base when set, else 0.05
     lr_base: Optional[float] = None      # timm: when lr is not given, lr = lr_base x batch_size / lr_base_size
     lr_base_size: int = 256              # the batch size lr_base is meant for
     momentum: float = 0.9
@@ -122,7 +122,7 @@ class TrainConfig:
     checkpoint_interval: Optional[int] = None  # also save last.pt every N optimizer steps
     log_interval: int = 50
     eval_metric: str = "top1"            # top1 | top5 | loss: the validation number that picks best.pt
-    log_tensorboard: Optional[bool] = None  # None/auto: also write RUN/tb when tensorboard is installed; true: required
+    log_tensorboard: Optional[bool] = None  # TensorBoard scalars in RUN/tb; None/auto: when tensorboard is installed
     log_wandb: bool = False              # also log to Weights & Biases (needs wandb; project from $WANDB_PROJECT)
 
     def __post_init__(self) -> None:

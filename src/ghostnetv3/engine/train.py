@@ -33,6 +33,7 @@ from ghostnetv3.rep.count import count_params_macs
 
 from . import checkpoint as ckpt_io
 from . import rundir
+from .advice import branch_budget_note
 from .budget import (CHANNELS_LAST_MARGIN, PROBE_MAX_S, RunPlan, TimeBudget, auto_batch_size, build_scheduler,
                      choose_channels_last, drop_last_batch, ema_warmup_gamma, few_steps_warning, make_plan,
                      scaled_lr)
@@ -350,8 +351,8 @@ class MetricsLog:
             return
         ckpt_io.append_line(self.path, json.dumps(rec))
         x = rec.get("global_step", rec.get("epoch", 0))
-        scalars = {f"{rec['type']}/{k}": v for k, v in rec.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "step", "global_step")}
+        scalars = {f"{rec['type']}/{k}": v for k, v in rec.items() if isinstance(v, (int, float))
+                   and not isinstance(v, bool) and k not in ("epoch", "step", "global_step")}
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, x)
@@ -402,7 +403,7 @@ def _stream_loader(cfg, ds, in_chans, device, train: bool, d: Optional[Dist] = N
                          f"(got {cfg.crop_mode!r}), or use --data-mode memory")
     d = d or Dist()
     tf = timm_transform(aug_config(cfg, in_chans, train=train), auto_augment=cfg.aa if train else None)
-    bs, rank, ws = (cfg.batch_size // d.world_size, d.rank, d.world_size) if train else (max(cfg.batch_size, 256), 0, 1)
+    bs, rank, ws = (cfg.batch_size // d.world_size, d.rank, d.world_size) if train else (eval_batch_size(cfg), 0, 1)
     common = dict(seed=cfg.seed, rank=rank, world_size=ws, workers=cfg.workers, device=device,
                   channels_last=cfg.channels_last)
     if ds.iterable:
@@ -410,6 +411,11 @@ def _stream_loader(cfg, ds, in_chans, device, train: bool, d: Optional[Dist] = N
     dataset = SeededTransformDataset(ds.read, tf, seed=cfg.seed, in_chans=in_chans, name=ds.file_name)
     return PerSampleLoader(dataset, len(ds), bs, shuffle=train, drop_last=train, on_bad_image=cfg.on_bad_image,
                            skipped=ds.skipped, fixed_key=None if train else 0, verbose=d.main, **common)
+
+
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """The validation batch: the training batch, at least 256 (`batch_size: auto` in a saved config: 256)."""
+    return max(cfg.batch_size or 0, 256)
 
 
 def _train_loader(cfg, train_set, in_chans, d: Dist, device, augment, view_fn):
@@ -437,7 +443,7 @@ def _val_loader(cfg, val_set, in_chans, device):
     if getattr(val_set, "streaming", False):
         return _stream_loader(cfg, val_set, in_chans, device, train=False)
     augment = BatchAugment(aug_config(cfg, in_chans, train=False), seed=cfg.seed)
-    return InMemoryLoader(val_set, max(cfg.batch_size, 256), augment, shuffle=False, drop_last=False,
+    return InMemoryLoader(val_set, eval_batch_size(cfg), augment, shuffle=False, drop_last=False,
                           seed=cfg.seed, rank=0, world_size=1, device=device, channels_last=cfg.channels_last)
 
 
@@ -483,8 +489,8 @@ def _probe_result(times: dict[str, float]) -> str:
                 f"--channels-last true to train channels_last")
     if len(times) < 2:
         return f"the probe ran out of its {PROBE_MAX_S:.0f} s before timing both layouts"
-    return (f"a step of a copy: channels_last {times['channels_last'] * 1e3:.0f} ms, NCHW {times['nchw'] * 1e3:.0f} ms; "
-            f"channels_last only when >= {CHANNELS_LAST_MARGIN:.0%} faster")
+    return (f"a step of a copy: channels_last {times['channels_last'] * 1e3:.0f} ms, "
+            f"NCHW {times['nchw'] * 1e3:.0f} ms; channels_last only when >= {CHANNELS_LAST_MARGIN:.0%} faster")
 
 
 def _make_run_plan(cfg: TrainConfig, saved_plan: Optional[RunPlan], steps_per_epoch: int,
@@ -818,6 +824,9 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         print(f"plan: {plan.describe()}{_lr_text(user_cfg, cfg)}" + (
             f"; the time budget is planned after the first {budget.calibration_steps} steps (sooner if they "
             f"take {budget.calibration_time_fraction:.0%} of it)" if budget is not None else ""), flush=True)
+        note = branch_budget_note(model_without_ddp, plan.total_steps) if task is None and plan.calibrated else ""
+        if note:
+            print(note, flush=True)
         warning = few_steps_warning(cfg, plan) if plan.calibrated else None
         if warning:
             print(warning, flush=True)
