@@ -156,8 +156,10 @@ def main() -> None:
             raise SystemExit(f"unknown point {name!r}; one of {', '.join(POINTS)}")
         if args.report_only or any(p["name"] == name and p["epochs"] == args.epochs for p in recorded):
             continue
-        recorded = [p for p in recorded if p["name"] != name] + [run_point(name, args.epochs, args.threads,
-                                                                           Path(args.output))]
+        point = run_point(name, args.epochs, args.threads, Path(args.output))
+        # re-read: another sitting (one point per process, 1 thread each) may have recorded one meanwhile
+        recorded = json.loads(path.read_text())["points"] if path.exists() else []
+        recorded = [p for p in recorded if p["name"] != name] + [point]
         write_report(recorded, public)  # after every point: a stopped sitting loses nothing
     write_report(recorded, public)
     print(json.dumps({"benchmark": "fashion_mnist_layouts", "points": recorded, "public": public}, indent=1))

@@ -224,7 +224,8 @@ def test_the_committed_budget_chart_is_what_the_harness_builds_from_the_recorded
     steps = {g["name"]: g["steps"] for g in b["grids"]}
     assert steps["fashion_mnist_20k"] == 1560  # recorded by the runs, not typed in
     kd = {r["grid"]: r["teacher"] for r in b["rows"] if r["ingredient"] == "kd"}
-    assert kd == {"fashion_mnist": "tf_efficientnet_lite0 73.7%", "fashion_mnist_20k": "tf_efficientnet_lite0 90.3%"}
+    assert kd["fashion_mnist"] == "tf_efficientnet_lite0 73.7%"  # each KD row names its grid's teacher
+    assert kd["fashion_mnist_20k"] == "tf_efficientnet_lite0 90.3%"
 
 
 def test_the_results_readme_states_the_run_counts_its_reports_hold():

@@ -43,7 +43,7 @@ _PLAN_KEYS = {"name", "recipe", "common", "seeds", "metrics", "teacher", "arms",
               "description", "claims"}
 _CLAIM_KEYS = {"claim", "arm", "ref", "expect", "margin", "ingredient", "variant"}
 _ARM_KEYS = {"name", "desc", "ref", "set", "kd"}
-_TEACHER_KEYS = {"export", "recipe", "set", "input_size", "views"}
+_TEACHER_KEYS = {"export", "recipe", "set", "input_size", "views", "shared"}
 
 
 @dataclasses.dataclass

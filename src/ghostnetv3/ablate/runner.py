@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ghostnetv3.engine import checkpoint as ckpt_io
+from ghostnetv3.engine.config import load_config
 
 from .budget import write_budget
 from .lock import holder, try_claim, waiting_claim
@@ -242,22 +243,34 @@ class Runner:
 
     # ----------------------------------------------------------------------------- teacher
     @property
+    def teacher_home(self) -> Path:
+        """Where the teacher's run and its exported ImageNet weights live: the plan's own folder, or with
+        `teacher: {shared: true}` one folder per teacher config beside every plan's runs, so plans with
+        the same teacher (the 60k grid and the 20k one with its teacher) train it once."""
+        return self.plan.run_root.parent / "_teachers" if self.plan.teacher.get("shared") else self.root
+
+    @property
     def teacher_dir(self) -> Path:
-        return self.root / "teacher"
+        cfg = self.teacher_config()
+        return Path(cfg.output) / cfg.experiment
 
     def teacher_config(self):
-        from ghostnetv3.engine.config import load_config
         t = self.plan.teacher
         values = dict(t["set"])
         if t.get("export"):
-            values["init_checkpoint"] = str(self.root / "_teacher_init.safetensors")
+            name = f"_{t['export']}.safetensors" if t.get("shared") else "_teacher_init.safetensors"
+            values["init_checkpoint"] = str(self.teacher_home / name)
             values.setdefault("reset_head", True)
-        values.update(seed=0, output=str(self.root), experiment="teacher")
-        return load_config(t.get("recipe"), **values)
+        values.update(seed=0, output=str(self.teacher_home), experiment="teacher")
+        cfg = load_config(t.get("recipe"), **values)
+        # a shared teacher's folder is named by what decides it, so a changed teacher is a new one
+        return cfg.replace(experiment=f"{cfg.model}-{config_hash(cfg)}") if t.get("shared") else cfg
 
     def ensure_teacher(self) -> dict[str, Any]:
         """Train and score the teacher once (the first KD run that needs it does; the others wait)."""
-        with self._teacher_lock, waiting_claim(self.lock_path("teacher"), self._announce_wait("the teacher")):
+        lock = (self.teacher_dir.with_suffix(".lock") if self.plan.teacher.get("shared")
+                else self.lock_path("teacher"))
+        with self._teacher_lock, waiting_claim(lock, self._announce_wait("the teacher")):
             return self._ensure_teacher()
 
     def _announce_wait(self, what: str) -> Callable[[Optional[str]], None]:
@@ -271,10 +284,10 @@ class Runner:
         res = self._check_stale(result_path, h)
         if res is not None:
             return res
-        t = self.plan.teacher
-        if t.get("export") and not (self.root / "_teacher_init.safetensors").exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._call(["export-teacher", t["export"], "-o", str(self.root / "_teacher_init.safetensors")],
+        init = cfg.init_checkpoint
+        if self.plan.teacher.get("export") and not Path(init).exists():
+            Path(init).parent.mkdir(parents=True, exist_ok=True)
+            self._call(["export-teacher", self.plan.teacher["export"], "-o", init],
                        self.root / "_logs" / "teacher.log", "export-teacher")
         self.log(f"[ablate] training the teacher ({cfg.model}) -> {self.teacher_dir}")
         self._train(cfg, self.teacher_dir, "teacher")

@@ -46,6 +46,12 @@ def _check_outputs(output: str | None = None, json_path: str | None = None, repo
 
 
 def add_parser(subparsers) -> None:
+    _add_export(subparsers)
+    _add_quantize(subparsers)
+    _add_bench(subparsers)
+
+
+def _add_export(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="fuse, export (ONNX, TorchScript, ExecuTorch, LiteRT, OpenVINO), verify against PyTorch",
         description="Fuse the model (eval mode), export it, then run the exported file in its own "
@@ -69,6 +75,8 @@ def add_parser(subparsers) -> None:
     add_threads_flag(p)
     p.set_defaults(func=run_export)
 
+
+def _add_quantize(subparsers) -> None:
     p = subparsers.add_parser(
         "quantize", help="static INT8 quantization (onnxruntime, ExecuTorch, LiteRT, OpenVINO) and its top-1 cost",
         description="Quantize a run (exported to fp32 first) or an ONNX file to INT8 with "
@@ -102,6 +110,8 @@ def add_parser(subparsers) -> None:
     add_threads_flag(p)
     p.set_defaults(func=run_quantize)
 
+
+def _add_bench(subparsers) -> None:
     p = subparsers.add_parser(
         "bench", help="params, MACs and latency of every backend: PyTorch, onnxruntime, OpenVINO, "
                       "ExecuTorch, LiteRT; fp32 and INT8",

@@ -182,9 +182,8 @@ def load_for_deploy(spec: str | os.PathLike, *, model: Optional[str] = None,
     elif path.is_file():
         resolve_run_checkpoint(path, checkpoint)  # --checkpoint best|last on a file is an error
         if path.suffix in _EXPORTED_SUFFIXES:
-            raise ValueError(f"{path} is already an exported {_EXPORTED_SUFFIXES[path.suffix]} model; this "
-                             f"command needs the model it came from: a run directory, a PyTorch checkpoint "
-                             f"or a model name")
+            raise ValueError(f"{path} is already an exported {_EXPORTED_SUFFIXES[path.suffix]} model; this command "
+                             f"needs the model it came from: a run directory, a PyTorch checkpoint or a model name")
         ckpt_path = path
         cfg = _stored_configs(path)[1]
         if not cfg.get("model") and (path.parent / "config.yaml").is_file():
