@@ -87,10 +87,12 @@ def test_branch_knobs_reach_the_model():
         return (sum(m.num_conv_branches for m in reps), sum(m.has_scale for m in reps),
                 sum(m.has_identity for m in reps))
 
-    conv3, scale3, ident3 = sites(num_conv_branches=3)
+    # the recipe's network is the plain one: scale/identity on asks for them explicitly
+    conv3, scale3, ident3 = sites(num_conv_branches=3, scale_branch=True, identity_branch=True)
     assert conv3 > 0 and scale3 > 0 and ident3 > 0
-    assert sites(num_conv_branches=3, scale_branch=False)[1] == 0
-    assert sites(num_conv_branches=3, identity_branch="false")[2] == 0
+    assert sites(num_conv_branches=3, scale_branch=False, identity_branch=True)[1] == 0
+    assert sites(num_conv_branches=3, scale_branch=True, identity_branch="false")[2] == 0
+    assert sites()[:2] == (conv3 // 3, 0)  # the recipe: one conv+BN per site
     assert sites(num_conv_branches=1)[0] * 3 == conv3
     with pytest.raises(ValueError, match="scale_branch apply to ghostnetv3"):
         build_model(load_config(None, model="mobilenetv2_100", scale_branch=False), 10, 1)

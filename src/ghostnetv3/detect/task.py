@@ -102,7 +102,7 @@ class DetectionTask:
                                hflip=cfg.hflip, channels_last=cfg.channels_last, prefetch=True)
 
     def val_loader(self, cfg, val_set: DetectionSet, device) -> DetectionLoader:
-        return DetectionLoader(val_set, max(cfg.batch_size, 64), shuffle=False, drop_last=False,
+        return DetectionLoader(val_set, max(cfg.batch_size or 0, 64), shuffle=False, drop_last=False,
                                seed=cfg.seed, device=device, channels_last=cfg.channels_last)
 
     def loss(self, model: nn.Module, batch: DetBatch) -> Tensor:

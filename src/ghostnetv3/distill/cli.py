@@ -108,7 +108,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     print(f"teacher {teacher.name} ({teacher.source or 'weights ' + teacher.weights}), "
           f"{len(train_set)} images x {args.views} views -> {out}", file=sys.stderr)
     cache = build_cache(teacher, train_set, augment, args.views, out, topk=args.topk, store=args.store,
-                        batch_size=cfg.batch_size, device=device, progress=not args.no_progress,
+                        batch_size=cfg.batch_size or 256, device=device, progress=not args.no_progress,
                         extra={"recipe": cfg.to_dict()})
     summary = _summary(cache, out, size_on_disk)
     summary["total_seconds"] = round(time.perf_counter() - t0, 2)

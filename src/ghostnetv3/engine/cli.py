@@ -343,7 +343,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"ghostnetv3 train: {e}", file=sys.stderr)
         return 128 + e.signum
     if summary:
-        print(format_summary(summary))
+        print(format_summary(summary, metric=summary.get("eval_metric", "top1")))
         print(json.dumps(summary))
     return 0
 
