@@ -15,7 +15,7 @@ from timm.models import create_feature_extractor
 import ghostnetv3
 from ghostnetv3.engine.config import TrainConfig, from_checkpoint_dict, load_config
 from ghostnetv3.engine.layout import auto_img_size, describe_layout, native_image_size
-from ghostnetv3.models.ghostnet import auto_output_stride, stage_strides
+from ghostnetv3.models.ghostnet import auto_layout, auto_output_stride, stage_strides
 from ghostnetv3.rep import reparameterize
 from tests.conftest import randomize_bn_stats
 from tests.engine.engine_helpers import run_cli
@@ -33,10 +33,14 @@ def _x(size=32, seed=0):
     return torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def test_the_rule_keeps_the_last_maps_at_least_4_pixels():
-    sizes = (28, 32, 48, 49, 64, 96, 97, 128, 224)
-    assert [auto_output_stride(s) for s in sizes] == [8, 8, 8, 16, 16, 16, 32, 32, 32]
-    assert auto_output_stride(224, stem_stride=1) == 16 and auto_output_stride(32, stem_stride=1) == 8
+def test_the_rule_drops_the_stem_stride_first_then_the_last_stages():
+    sizes = (28, 32, 33, 48, 63, 64, 96, 224)
+    assert [auto_layout(s) for s in sizes] == [(1, 16), (1, 16), (2, 32), (2, 32), (2, 32), (2, 32), (2, 32),
+                                               (2, 32)]
+    assert auto_layout(16) == (1, 8) and auto_layout(8) == (1, 4)
+    # a stem stride the user set is kept; the output stride follows it
+    assert auto_output_stride(32, stem_stride=2) == 16 and auto_output_stride(224, stem_stride=1) == 16
+    assert auto_output_stride(32, stem_stride=1) == 16 and auto_output_stride(28, stem_stride=2) == 8
     assert stage_strides(32) == [2, 2, 2, 2] and stage_strides(8) == [2, 2, 1, 1]
     assert stage_strides(8, stem_stride=1) == [2, 2, 2, 1]
     with pytest.raises(ValueError, match="output_stride=32 is not reachable with stem_stride=1"):
@@ -97,6 +101,7 @@ def test_fx_and_torch_export_give_the_true_map_sizes(stem, os_):
 
 def test_describe_layout_names_the_maps():
     assert describe_layout(_model(2, 8), 32) == "stem stride 2, output stride 8 (maps 16-8-4-4-4 at 32 px)"
+    assert describe_layout(_model(1, 16), 32) == "stem stride 1, output stride 16 (maps 32-16-8-4-2 at 32 px)"
     assert describe_layout(_model(2, 32), 32) == "stem stride 2, output stride 32 (maps 16-8-4-2-1 at 32 px)"
 
 
@@ -134,19 +139,19 @@ def test_the_input_size_follows_the_data_unless_set(tmp_path, capsys):
 
 
 def test_the_layout_is_chosen_printed_saved_and_carried_into_eval_export_and_predict(tmp_path):
-    data = _folder(tmp_path / "data", 40, n=8)
+    data = _folder(tmp_path / "data", 32, n=8)
     out = tmp_path / "runs"
     r = run_cli(["train", "--model", "ghostnetv3_050", "--data", str(data), "--epochs", "1", "--batch-size", "4",
                  "--num-conv-branches", "1", "--scale-branch", "false", "--identity-branch", "false",
                  "--model-ema", "false", "--channels-last", "false", "--threads", "1", "--output", str(out),
                  "--experiment", "run"])
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "input size 40 px" in r.stdout
-    assert "layout: stem stride 2, output stride 8 (maps 20-10-5-5-5 at 40 px)" in r.stdout
+    assert "input size 32 px" in r.stdout
+    assert "layout: stem stride 1, output stride 16 (maps 32-16-8-4-2 at 32 px)" in r.stdout
     assert "M MACs per image" in r.stdout
     run = out / "run"
     saved = load_config(run / "config.yaml")
-    assert saved.output_stride == 8 and saved.img_size == 40
+    assert (saved.stem_stride, saved.output_stride, saved.img_size) == (1, 16, 32)
     ev = run_cli(["eval", str(run), "--json", "--threads", "1"])
     assert ev.returncode == 0, ev.stderr[-2000:]
     onnx_path = tmp_path / "m.onnx"
@@ -154,7 +159,7 @@ def test_the_layout_is_chosen_printed_saved_and_carried_into_eval_export_and_pre
     assert ex.returncode == 0, ex.stderr[-2000:]
     meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     blob = json.loads(meta["ghostnetv3"])
-    assert blob["output_stride"] == 8 and blob.get("stem_stride") in (None, 2)
+    assert blob["output_stride"] == 16 and blob["stem_stride"] == 1
     img = next((data / "a").glob("*.png"))
     pr = run_cli(["predict", str(run), str(img), "--threads", "1"])
     assert pr.returncode == 0, pr.stderr[-2000:]

@@ -7,10 +7,12 @@ exactly what was trained, whatever these rules become later):
   typical native size — the median short side of up to 64 images spread over the set (28 for
   Fashion-MNIST, 300 for elpv) — rounded to a multiple of 8 and kept within 32 (the GhostNet
   minimum) to 224 (ImageNet's size; larger inputs cost more than small models gain from them).
-- **layout** (GhostNet models, `output_stride` not set): `models.ghostnet.auto_output_stride`,
-  the largest total downsampling whose last stage still sees maps of at least 4×4: 32 (the
-  paper's layout) above 96 px, 16 at 49–96 px, 8 at 48 px and below (Fashion-MNIST at 32 px:
-  maps of 16-8-4-4-4 after the stem and each downsampling stage instead of 16-8-4-2-1).  docs/layouts.md has the measurements behind it.
+- **layout** (GhostNet models, `stem_stride`/`output_stride` not set): `models.ghostnet.auto_layout`:
+  the paper's layout (stem stride 2, output stride 32) while the last stage still sees maps of at
+  least 2×2 (33 px and up); below that the stem's stride goes first (the first stages see the full
+  image), then the last stages' — at 32 px: stem stride 1, output stride 16 (maps 32-16-8-4-2 after
+  the stem and each downsampling stage, instead of 16-8-4-2-1).  docs/layouts.md has the
+  measurements behind it.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Optional
 import torch.nn as nn
 from PIL import Image
 
-from ghostnetv3.models.ghostnet import GhostNet, auto_output_stride
+from ghostnetv3.models.ghostnet import GhostNet, auto_layout
 from ghostnetv3.models.registry import is_ours
 
 MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 224
@@ -65,12 +67,13 @@ def auto_img_size(data: str) -> tuple[int, str]:
                   f"(kept within {MIN_IMG_SIZE}-{MAX_IMG_SIZE}, a multiple of 8); set --img-size to change")
 
 
-def resolve_output_stride(model: str, img_size: int, stem_stride: Optional[int],
-                          output_stride: Optional[int]) -> Optional[int]:
-    """The output stride a GhostNet run trains with (None for other models)."""
-    if not is_ours(model):
-        return output_stride
-    return output_stride or auto_output_stride(img_size, stem_stride or 2)
+def resolve_layout(model: str, img_size: int, stem_stride: Optional[int],
+                   output_stride: Optional[int]) -> tuple[Optional[int], Optional[int]]:
+    """(stem_stride, output_stride) a GhostNet run trains with: what the user set, the rule for the rest;
+    other models keep what they were given."""
+    if not is_ours(model) or output_stride is not None:
+        return stem_stride, output_stride
+    return auto_layout(img_size, stem_stride)
 
 
 def map_sizes(model: nn.Module, img_size: int) -> list[int]:

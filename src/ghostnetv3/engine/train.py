@@ -39,7 +39,7 @@ from .budget import (CHANNELS_LAST_MARGIN, PROBE_MAX_S, RunPlan, TimeBudget, aut
                      scaled_lr)
 from .config import TrainConfig
 from .inputs import check_train_classes, eval_aug_config, subset, val_subset
-from .layout import describe_layout, resolve_output_stride
+from .layout import describe_layout, resolve_layout
 from .plot import schedule_record
 
 FORMAT = "ghostnetv3-train/1"
@@ -74,8 +74,10 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     if set_knobs and not is_ours(cfg.model) and not cfg.repify:
         raise ValueError(f"{', '.join(set_knobs)} apply to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
     if is_ours(cfg.model):  # ghostnetv3_100 or timm's name gnv3_100
-        kwargs.update(set_knobs, rep_init=cfg.rep_init, linear_branches=cfg.linear_branches,
-                      output_stride=resolve_output_stride(cfg.model, cfg.img_size, cfg.stem_stride, cfg.output_stride))
+        stem, out = resolve_layout(cfg.model, cfg.img_size, cfg.stem_stride, cfg.output_stride)
+        kwargs.update(set_knobs, rep_init=cfg.rep_init, linear_branches=cfg.linear_branches, output_stride=out)
+        if stem is not None:
+            kwargs["stem_stride"] = stem
     elif cfg.output_stride not in (None, 32) or cfg.linear_branches:
         knob = "linear_branches" if cfg.linear_branches else "output_stride"
         raise ValueError(f"{knob} applies to ghostnetv3_*/ghostnetv2_* models, not '{cfg.model}'")
@@ -690,8 +692,8 @@ def _train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict
         run_dir = make_run_dir(cfg) if d.main else Path(cfg.output)
 
     if task is None:  # the layout is decided once and saved with the run (eval/export rebuild it from there)
-        cfg = cfg.replace(output_stride=resolve_output_stride(cfg.model, cfg.img_size, cfg.stem_stride,
-                                                              cfg.output_stride))
+        stem, out = resolve_layout(cfg.model, cfg.img_size, cfg.stem_stride, cfg.output_stride)
+        cfg = cfg.replace(stem_stride=stem, output_stride=out)
     seed_everything(cfg.seed + d.rank)
 
     # -- data
