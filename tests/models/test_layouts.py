@@ -40,7 +40,8 @@ def test_the_rule_drops_the_stem_stride_first_then_the_last_stages():
     assert auto_layout(16) == (1, 8) and auto_layout(8) == (1, 4)
     # a stem stride the user set is kept; the output stride follows it
     assert auto_output_stride(32, stem_stride=2) == 16 and auto_output_stride(224, stem_stride=1) == 16
-    assert auto_output_stride(32, stem_stride=1) == 16 and auto_output_stride(28, stem_stride=2) == 8
+    assert auto_output_stride(32, stem_stride=1) == 16 and auto_output_stride(28, stem_stride=2) == 16
+    assert auto_output_stride(16, stem_stride=2) == 8
     assert stage_strides(32) == [2, 2, 2, 2] and stage_strides(8) == [2, 2, 1, 1]
     assert stage_strides(8, stem_stride=1) == [2, 2, 2, 1]
     with pytest.raises(ValueError, match="output_stride=32 is not reachable with stem_stride=1"):
