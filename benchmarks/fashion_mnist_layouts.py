@@ -126,8 +126,8 @@ def _plot(points: list[dict], public: list[dict]) -> None:
     lines = sorted((p for p in public if not p["fused_macs"]), key=lambda p: p["top1"])
     for i, p in enumerate(lines):  # accuracy lines: labels inside the axes, alternating above/below
         ax.axhline(p["top1"], color="C3", lw=0.6, ls=":")
-        ax.text(0.99, p["top1"], f"{p['name']} {p['top1']} (cost unknown)", transform=ax.get_yaxis_transform(),
-                fontsize=6.5, color="C3", ha="right", va="bottom" if i % 2 else "top")
+        ax.text(0.01, p["top1"], f"{p['name']} {p['top1']} (cost unknown)", transform=ax.get_yaxis_transform(),
+                fontsize=6.5, color="C3", ha="left", va="top" if i % 2 else "bottom")
     for p in public:
         if p["fused_macs"]:
             ax.scatter(p["fused_macs"] / 1e6, p["top1"], color="C3", marker="s")
