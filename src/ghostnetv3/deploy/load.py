@@ -110,8 +110,8 @@ def _build(cfg: dict[str, Any]) -> nn.Module:
         tc = from_checkpoint_dict({k: v for k, v in cfg.items() if k != "from_run"}).replace(
             pretrained=False, init_checkpoint=None, resume=None)
         return build_model(tc, int(cfg["num_classes"]), int(cfg["in_chans"]))
-    from ghostnetv3.models import create_model
-    ours = str(cfg["model"]).startswith(("ghostnetv3_", "ghostnetv2_"))
+    from ghostnetv3.models import create_model, is_ours
+    ours = is_ours(str(cfg["model"]))  # ghostnetv3_100 or timm's gnv3_100
     kwargs = {k: cfg[k] for k in _ARCH_KEYS if cfg.get(k) is not None and (ours or k == "drop_rate")}
     model = create_model(cfg["model"], num_classes=int(cfg["num_classes"]), in_chans=int(cfg["in_chans"]),
                          **kwargs)

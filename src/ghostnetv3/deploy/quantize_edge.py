@@ -16,7 +16,7 @@ import torch
 
 from ghostnetv3.deploy.edge import (EDGE_FORMATS, OBSERVERS, edge_runner, export_edge, export_edge_int8,
                                     file_size, output_files)
-from ghostnetv3.deploy.quantize import commit, eval_batches, output_dir, staging, top1_of
+from ghostnetv3.deploy.quantize import commit, eval_batches, output_dir, scored_batches, staging, top1_of
 from ghostnetv3.deploy.steps import step
 from ghostnetv3.paths import check_writable
 
@@ -93,7 +93,8 @@ def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 
     calib, n_calib = eval_batches(calib_data, calib_split, cfg, calib_size, 64, seed)
     eval_name = eval_data or calib_data
     if evaluate:
-        eval_iter, _ = eval_batches(eval_name, eval_split, cfg, eval_size, 256, seed)
+        # the same seeded subset `eval --val-subset N` and `quantize --format onnx` score
+        eval_iter, _, eval_which = scored_batches(eval_name, eval_split, cfg, eval_size)
 
     fused, _ = to_deploy_form(net, log=log)
     meta = _metadata(cfg)
@@ -120,9 +121,10 @@ def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 
                       int8_size_bytes=file_size(int8_work, fmt), **_int8_diffs(int8_run, reference, fused, size,
                                                                                batch_size))
         if evaluate:
-            with step(log, f"scoring fp32 and INT8 {fmt} on {eval_name}:{eval_split}"):
+            with step(log, f"scoring fp32 and INT8 {fmt} on {eval_which}"):
                 (fp32_top1, int8_top1), n = runner_top1([fp32_run, int8_run], eval_iter, batch_size)
-            report.update(eval_data=f"{eval_name}:{eval_split}", eval_images=n, fp32_top1=fp32_top1,
+            report.update(eval_data=f"{eval_name}:{eval_split}", eval_images=n, eval_subset=eval_which,
+                          fp32_top1=fp32_top1,
                           int8_top1=int8_top1, top1_drop=fp32_top1 - int8_top1)
         del fp32_run, int8_run  # OpenVINO keeps the .bin mapped; let go before moving it
         commit(list(zip(output_files(fp32_work, fmt), output_files(fp32_path, fmt)))

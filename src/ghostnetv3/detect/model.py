@@ -45,9 +45,9 @@ def build_detector(model_name: str, num_classes: int, in_chans: int, *, image_si
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.fcos import FCOSHead
 
-    from ghostnetv3.models import create_model
+    from ghostnetv3.models import create_model, is_ours
 
-    if not model_name.startswith(("ghostnetv3_", "ghostnetv2_")):
+    if not is_ours(model_name):  # ghostnetv3_100 or timm's gnv3_100
         raise ValueError(f"detection backbones are ghostnetv3_* / ghostnetv2_* models, not '{model_name}'")
     knobs = {"width": width, "num_conv_branches": num_conv_branches, "scale_branch": scale_branch,
              "identity_branch": identity_branch}
