@@ -247,10 +247,16 @@ class Runner:
         """Where the teacher's run and its exported ImageNet weights live: the plan's own folder, or with
         `teacher: {shared: true}` one folder per teacher config beside every plan's runs, so plans with
         the same teacher (the 60k grid and the 20k one with its teacher) train it once."""
-        return self.plan.run_root.parent / "_teachers" if self.plan.teacher.get("shared") else self.root
+        return self.plan.run_root.parent / "_teachers" if self._shared_teacher else self.root
+
+    @property
+    def _shared_teacher(self) -> bool:
+        return bool(self.plan.teacher and self.plan.teacher.get("shared"))
 
     @property
     def teacher_dir(self) -> Path:
+        if not self._shared_teacher:  # also for a plan without a teacher (nothing is ever there)
+            return self.root / "teacher"
         cfg = self.teacher_config()
         return Path(cfg.output) / cfg.experiment
 
@@ -268,8 +274,7 @@ class Runner:
 
     def ensure_teacher(self) -> dict[str, Any]:
         """Train and score the teacher once (the first KD run that needs it does; the others wait)."""
-        lock = (self.teacher_dir.with_suffix(".lock") if self.plan.teacher.get("shared")
-                else self.lock_path("teacher"))
+        lock = self.teacher_dir.with_suffix(".lock") if self._shared_teacher else self.lock_path("teacher")
         with self._teacher_lock, waiting_claim(lock, self._announce_wait("the teacher")):
             return self._ensure_teacher()
 
