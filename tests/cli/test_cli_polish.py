@@ -48,7 +48,7 @@ def test_train_with_a_recipe_name_from_another_directory(tmp_path):
                "--experiment", "named")
     assert r.returncode == 0, r.stderr[-2000:]
     saved = (tmp_path / "runs" / "named" / "config.yaml").read_text()
-    assert "lr: 0.1\n" in saved and "stem_stride: 2\n" in saved and "crop_mode: pad_crop\n" in saved
+    assert "lr: 0.1\n" in saved and "stem_stride: 1\n" in saved and "crop_mode: pad_crop\n" in saved
     assert "done: best top1 " in r.stdout
 
 

@@ -90,7 +90,7 @@ def test_train_help_groups_one_line_per_flag_choices_and_recipe_values():
         if action.dest.startswith("key_") and action.help is not argparse.SUPPRESS:
             assert not action.help.startswith("(default"), action.option_strings
             assert len(action.help.split(" (default")[0]) > 8, action.option_strings
-    assert "--lr X" in out and "peak learning rate" in out
+    assert "--lr X" in out and "peak lr (after warmup)" in out
     rec = " ".join(_help("train", "-c", "recipes/fashion_mnist.yaml").split())  # help lines wrap anywhere
     assert "(recipe: 'ghostnetv3_050')" in rec and "(recipe: 32)" in rec  # model, img_size of that recipe
 
