@@ -189,13 +189,14 @@ def check_threads(threads: int | None) -> None:
                          f"for the default ({default_threads()} here)")
 
 
-def apply_threads(threads: int | None, log=None) -> int:
-    """torch.set_num_threads(--threads or the default); `log` (default: stderr) gets the note that a busy
-    machine makes several OpenMP threads slower than one. Returns the count."""
+def apply_threads(threads: int | None, log=None, busy_note: bool = False) -> int:
+    """torch.set_num_threads(--threads or the default). With `busy_note` (the training commands, whose
+    minutes it is about), `log` (default: stderr) gets the note that a busy machine makes several OpenMP
+    threads slower than one; the short commands stay quiet. Returns the count."""
     check_threads(threads)
     n = threads or default_threads()
     torch.set_num_threads(n)
-    hint = busy_machine_hint(n)
+    hint = busy_machine_hint(n) if busy_note else None
     if hint and os.environ.get("RANK", "0") == "0":
         (log or (lambda m: print(m, file=sys.stderr, flush=True)))(hint)
     return n
@@ -351,7 +352,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def start_threads(threads: int | None) -> int:
     """A training command's threads: set, and said on stdout with why (and the busy-machine note)."""
     notes: list[str] = []
-    n = apply_threads(threads, log=notes.append)
+    n = apply_threads(threads, log=notes.append, busy_note=True)
     if os.environ.get("RANK", "0") == "0":
         print(f"threads: {n} per process ({'--threads' if threads else default_threads_why()})", flush=True)
         for note in notes:
