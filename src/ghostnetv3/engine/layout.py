@@ -11,8 +11,8 @@ exactly what was trained, whatever these rules become later):
   the paper's layout (stem stride 2, output stride 32) while the last stage still sees maps of at
   least 2×2 (33 px and up); below that the stem's stride goes first (the first stages see the full
   image), then the last stages' — at 32 px: stem stride 1, output stride 16 (maps 32-16-8-4-2 after
-  the stem and each downsampling stage, instead of 16-8-4-2-1).  docs/layouts.md has the
-  measurements behind it.
+  the stem and each downsampling stage, instead of 16-8-4-2-1).  The measurements behind it: docs/benchmarks.md
+  ("Ten minutes with the small-input layout") and docs/layouts.md.
 """
 from __future__ import annotations
 
