@@ -39,10 +39,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+PACKAGES: set[str] = {NAME}  # filled by scan(): modules that are a package's __init__
+
+
 def is_cli(mod: str) -> bool:
-    """CLI modules (lazy sub-command imports allowed) and package __init__ files."""
+    """CLI modules (lazy sub-command imports allowed) and package __init__ files (lazy attributes)."""
     last = mod.rsplit(".", 1)[-1]
-    return last == "cli" or mod == NAME
+    return last == "cli" or mod in PACKAGES
 
 
 def layer_of(mod: str) -> int:
@@ -79,6 +82,7 @@ def scan() -> dict:
     files = sorted(PKG.rglob("*.py"))
     modules = {module_name(f): f for f in files}
     names = set(modules)
+    PACKAGES.update(module_name(f) for f in files if f.name == "__init__.py")
     long_funcs, local_project, lazy_unmarked, private, upward = [], [], [], [], []
     graph: dict[str, set[str]] = {m: set() for m in names}
     for mod, path in modules.items():
