@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 import ghostnetv3
 from ghostnetv3.deploy.bench import machine_info, summarize, time_blocks
-from ghostnetv3.deploy.edge import edge_runner, export_edge_int8
+from ghostnetv3.deploy.backends import litert
+from ghostnetv3.deploy.runner import open_runner
 from ghostnetv3.models import ghostnet
 
 
@@ -51,10 +52,10 @@ def main() -> None:
         for name, forward in (("nearest (shipped)", shipped), ("bilinear (delegated stand-in)", bilinear_gate)):
             ghostnet.DFCAttention.forward = forward
             try:
-                path = export_edge_int8(model, Path(tmp) / f"{name.split()[0]}.tflite", "tflite", size, calib)[0]
+                path = litert.export_int8(model, Path(tmp) / f"{name.split()[0]}.tflite", size, calib)[0]
             finally:
                 ghostnet.DFCAttention.forward = shipped
-            runners[name] = edge_runner(path, "tflite", args.threads)
+            runners[name] = open_runner(path, "tflite", args.threads)
         x = torch.randn(1, *size).numpy()
         load_before = os.getloadavg()[0]
         times = time_blocks({k: (lambda f=f: f(x)) for k, f in runners.items()}, repeats=args.repeats,

@@ -33,7 +33,8 @@ import ghostnetv3
 from ghostnetv3.data import BatchAugment, InMemoryLoader
 from ghostnetv3.deploy.export import export_model
 from ghostnetv3.engine.config import load_config
-from ghostnetv3.engine.train import aug_config, build_model, load_datasets
+from ghostnetv3.engine.datasets import aug_config, load_datasets
+from ghostnetv3.engine.model_factory import build_model
 from ghostnetv3.rep import reparameterize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -67,7 +67,8 @@ def main() -> int:
     from ghostnetv3.distill.distiller import CachedDistiller, OnlineDistiller
     from ghostnetv3.distill.teachers import create_teacher
     from ghostnetv3.engine.config import load_config
-    from ghostnetv3.engine.train import aug_config, build_model, load_datasets
+    from ghostnetv3.engine.datasets import aug_config, load_datasets
+    from ghostnetv3.engine.model_factory import build_model
 
     over = dict(train_subset=args.train_subset, val_subset=64, kd_loss=args.kd_loss,
                 teacher_input_size=args.teacher_input_size)

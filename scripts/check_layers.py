@@ -31,8 +31,8 @@ LAYERS = [
 ]
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(PKG.parent).with_suffix("")
+def module_name(path: Path, pkg: Path = PKG) -> str:
+    rel = path.relative_to(pkg.parent).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -78,11 +78,12 @@ def known(target: str, modules: set[str]) -> str | None:
     return None
 
 
-def scan() -> dict:
-    files = sorted(PKG.rglob("*.py"))
-    modules = {module_name(f): f for f in files}
+def scan(pkg: Path = PKG) -> dict:
+    """Every broken rule in the package at `pkg` (a directory named ghostnetv3)."""
+    files = sorted(pkg.rglob("*.py"))
+    modules = {module_name(f, pkg): f for f in files}
     names = set(modules)
-    PACKAGES.update(module_name(f) for f in files if f.name == "__init__.py")
+    PACKAGES.update(module_name(f, pkg) for f in files if f.name == "__init__.py")
     long_funcs, local_project, lazy_unmarked, private, upward = [], [], [], [], []
     graph: dict[str, set[str]] = {m: set() for m in names}
     for mod, path in modules.items():

@@ -1,7 +1,9 @@
 """The `ghostnetv3` command line.
 
-Each sub-command lives next to the code it drives and registers itself through
-`add_parser(subparsers)`; this file only lists them, so concerns stay in their folders.
+Each sub-command registers itself through `add_parser(subparsers)`; this file only lists them. A
+package's own commands live in its `cli.py` (train, eval, export, ...); info, models, fuse and
+predict live in `ghostnetv3/commands/`, so the library modules they drive (models, rep, predict)
+never import the CLI layer.
 """
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ from ghostnetv3.errors import UserError
 
 # (module, attribute) pairs: each module exposes `add_parser(subparsers)` which sets `func`.
 _COMMANDS = [
-    "ghostnetv3.models.cli",      # info, models
-    "ghostnetv3.predict",         # predict
-    "ghostnetv3.rep.cli",         # fuse
-    "ghostnetv3.engine.cli",      # train, eval, plot
-    "ghostnetv3.distill.cli",     # cache-teacher
-    "ghostnetv3.deploy.cli",      # export, quantize, bench
-    "ghostnetv3.detect.cli",      # detect train|eval|export|bench
-    "ghostnetv3.ablate.cli",      # ablate
+    "ghostnetv3.commands.info",     # info, models
+    "ghostnetv3.commands.predict",  # predict
+    "ghostnetv3.commands.fuse",     # fuse
+    "ghostnetv3.engine.cli",        # train, eval, plot
+    "ghostnetv3.distill.cli",       # cache-teacher
+    "ghostnetv3.deploy.cli",        # export, quantize, bench
+    "ghostnetv3.detect.cli",        # detect train|eval|export|bench
+    "ghostnetv3.ablate.cli",        # ablate
 ]
 
 

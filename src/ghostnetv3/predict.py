@@ -6,29 +6,28 @@ A run or checkpoint is fused first (the model `export` writes: same --weights/--
 to the model's channels (gray or colour) as training converts them, so a picture scores as the
 validation images did. An exported file is fed as the input contract it carries says (size,
 channels, mean/std, crop), and run in its own runtime. IMAGE may be a file, a folder (its images,
-recursively) or a quoted glob pattern.
+recursively) or a quoted glob pattern. The command line lives in `ghostnetv3/commands/predict.py`.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ghostnetv3.data import AugConfig, BatchAugment
-from ghostnetv3.data.datasets import IMG_EXTENSIONS, _decode_image, _short_side_center_crop, _to_chw, shown
+from ghostnetv3.data.inputspec import EvalTransform, InputSpec
+from ghostnetv3.data.datasets import IMG_EXTENSIONS, decode_image, short_side_center_crop, shown, to_chw
 from ghostnetv3.deploy.contract import read_input_contract
-from ghostnetv3.deploy.edge import EDGE_FORMATS, edge_runner
-from ghostnetv3.deploy.export import onnx_session
+from ghostnetv3.deploy.backends import EDGE_FORMATS
 from ghostnetv3.deploy.load import load_for_deploy
 from ghostnetv3.deploy.prepare import to_deploy_form
+from ghostnetv3.deploy.runner import open_runner
 from ghostnetv3.deploy.steps import quiet_output
-from ghostnetv3.models.weights import add_weights_flags
 
-__all__ = ["predict", "format_predictions", "add_parser", "expand_images", "load_images", "EXPORTED_SUFFIXES"]
+__all__ = ["predict", "format_predictions", "expand_images", "load_images", "EXPORTED_SUFFIXES"]
 
 # exported files predict runs in their own runtime: suffix -> format
 EXPORTED_SUFFIXES = {".onnx": "onnx", **{suffix: fmt for fmt, suffix in EDGE_FORMATS.items()}}
@@ -64,11 +63,9 @@ def expand_images(items: Sequence[str | Path]) -> list[Path]:
     return list(out)
 
 
-def _aug(cfg: dict[str, Any]) -> BatchAugment:
-    kw = {k: (tuple(cfg[k]) if isinstance(cfg[k], list) else cfg[k])
-          for k in ("mean", "std", "eval_crop_pct") if cfg.get(k) is not None}
-    return BatchAugment(AugConfig(image_size=int(cfg["img_size"]), in_chans=int(cfg["in_chans"]), train=False,
-                                  **kw))
+def _aug(cfg: dict[str, Any]) -> EvalTransform:
+    """The eval transform the run validated with (its interpolation too): data.InputSpec."""
+    return InputSpec.from_config(cfg, img_size=int(cfg["img_size"])).eval_transform()
 
 
 def _model_channels(cfg: dict[str, Any]) -> int:
@@ -81,10 +78,10 @@ def _model_channels(cfg: dict[str, Any]) -> int:
 def _read_one(path: Path, channels: int, size: int) -> torch.Tensor | Exception:
     """uint8 CHW at the model's channels and size, or the reason it cannot be read. A colour file for
     a gray model becomes luma, a gray file for a colour model is replicated: as training reads a set."""
-    a = _decode_image(path)
+    a = decode_image(path)
     if isinstance(a, Exception):
         return a
-    return _short_side_center_crop(_to_chw(a, channels), size)
+    return short_side_center_crop(to_chw(a, channels), size)
 
 
 def _decoded(paths: Sequence[Path], cfg: dict[str, Any], on_bad_image: str,
@@ -129,34 +126,17 @@ def _batches(paths: Sequence[Path], cfg: dict[str, Any], on_bad_image: str,
 
 
 # ---- sources ------------------------------------------------------------------------------------
-def _fixed_batch(run_batch: Callable[[np.ndarray], np.ndarray], batch: Optional[int]) -> Callable:
-    """images -> logits through a file with a fixed batch: split, and the last part padded."""
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if not batch:
-            return torch.from_numpy(np.asarray(run_batch(x.numpy())))
-        outs = []
-        for part in x.split(batch):
-            n = part.shape[0]
-            if n < batch:
-                part = torch.cat([part, part.new_zeros(batch - n, *part.shape[1:])])
-            outs.append(np.asarray(run_batch(np.ascontiguousarray(part.numpy())))[:n])
-        return torch.from_numpy(np.concatenate(outs))
-    return run
+def _exported_runner(source: str, fmt: str, threads: Optional[int]) -> Callable:
+    """images -> logits through an exported file, in its own runtime (`deploy.runner.open_runner`
+    feeds a fixed-batch file any batch: chunks of its size, the last one padded)."""
+    quiet = quiet_output if fmt != "onnx" else contextlib.nullcontext  # the runtimes' own lines
+    with quiet():  # (XNNPACK delegate, cpuinfo) are not the user's
+        run = open_runner(source, fmt, threads)
 
-
-def _exported_runner(source: str, fmt: str, cfg: dict[str, Any], threads: Optional[int]) -> Callable:
-    if fmt == "onnx":
-        sess = onnx_session(source, threads)
-        name, first = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[0]
-        return _fixed_batch(lambda x: sess.run(None, {name: x})[0], first if isinstance(first, int) else None)
-    with quiet_output():  # the runtimes' own lines (XNNPACK delegate, cpuinfo) are not the user's
-        run_edge = edge_runner(source, fmt, threads)
-
-    def run_quietly(x: np.ndarray) -> np.ndarray:
-        with quiet_output():
-            return run_edge(x)
-    shape = cfg.get("input_shape") or [1]
-    return _fixed_batch(run_quietly, int(shape[0]))
+    def run_torch(x: torch.Tensor) -> torch.Tensor:
+        with quiet():
+            return torch.from_numpy(np.asarray(run(np.ascontiguousarray(x.numpy()))))
+    return run_torch
 
 
 def _load_exported(source: str, fmt: str, arch: dict[str, Any], weights: Optional[str],
@@ -174,7 +154,7 @@ def _load_exported(source: str, fmt: str, arch: dict[str, Any], weights: Optiona
         given = [f for f, k in (("--in-chans", "in_chans"), ("--img-size", "img_size")) if arch.get(k)]
         hint = f"drop {' or '.join(given)}" if "fixed at export" in str(e) else "pass --in-chans C --img-size N"
         raise ValueError(f"{e}; {hint}") from None
-    run = _exported_runner(source, fmt, cfg, threads)
+    run = _exported_runner(source, fmt, threads)
     cfg.setdefault("model", Path(source).name)
     cfg["weights_from"] = f"exported {fmt} file ({cfg.get('weights', '?')} weights)"
     return run, cfg
@@ -249,40 +229,3 @@ def format_predictions(r: dict[str, Any]) -> str:
     for s in r.get("skipped", []):
         lines.append(f"skipped {s['image']} ({s['error']})")
     return "\n".join(lines)
-
-
-def _cmd(args) -> int:
-    from ghostnetv3.engine.cli import apply_threads
-    apply_threads(args.threads)
-    r = predict(args.source, args.images, topk=args.topk, weights=args.weights, checkpoint=args.run_checkpoint,
-                model=args.model, num_classes=args.num_classes, in_chans=args.in_chans, img_size=args.img_size,
-                on_bad_image=args.on_bad_image, threads=args.threads)
-    print(json.dumps(r) if args.json else format_predictions(r))
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict", help="top-k classes of images from a run, checkpoint, model name or exported file",
-        description="Classify images with the fused model `export` writes, or with an exported file "
-                    "(.onnx, .tflite, .pte, .xml) run in its own runtime and fed as the file says. "
-                    "Class names come from the run (and from files exported by `ghostnetv3 export`).")
-    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL|FILE.onnx|.tflite|.pte|.xml")
-    p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="image files, folders (their images, recursively) or quoted glob patterns")
-    p.add_argument("--topk", type=int, default=5, help="classes shown per image (default: 5)")
-    add_weights_flags(p)
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="architecture of a checkpoint saved without its config (e.g. ghostnetv3_100)")
-    p.add_argument("--num-classes", type=int, default=None, metavar="N",
-                   help="classes of such a checkpoint (default: read from its head)")
-    p.add_argument("--in-chans", type=int, default=None, metavar="N",
-                   help="input channels, 1 or 3 (default: the run's, else read from the weights)")
-    p.add_argument("--img-size", type=int, default=None, metavar="N",
-                   help="input side in pixels (default: the run's or the exported file's, else 224)")
-    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
-                   help="an unreadable image: fail naming it (default), or skip it and list it")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    from ghostnetv3.engine.cli import add_threads_flag
-    add_threads_flag(p)
-    p.set_defaults(func=_cmd)

@@ -12,13 +12,14 @@ import os
 import pickle
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file
 
 from ghostnetv3.errors import BadCheckpoint
 
-__all__ = ["read", "load", "first_intact"]
+__all__ = ["read", "load", "require_dict", "first_intact"]
 
 _WHAT_TO_DO = "use another checkpoint (a run directory's last.pt or best.pt) or train again"
 
@@ -57,7 +58,6 @@ def read(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         if path.name.endswith(".safetensors"):
-            from safetensors.torch import load_file  # optional dependency: only .safetensors files need it
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except (MemoryError, KeyboardInterrupt):
@@ -68,16 +68,22 @@ def read(path: str | os.PathLike) -> Any:
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint that must be a dict (a training checkpoint, a state dict)."""
-    obj = read(path)
+    return require_dict(read(path), path)
+
+
+def require_dict(obj: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """`obj` (read from `path`) when it is a dict, else the one BadCheckpoint saying what it holds."""
     if not isinstance(obj, dict):
         raise BadCheckpoint(f"cannot use checkpoint {path}: it holds a {type(obj).__name__}, not a dict of "
                             f"tensors or state dicts; {_WHAT_TO_DO}")
     return obj
 
 
-def first_intact(paths: Sequence[str | os.PathLike]) -> tuple[Path, dict[str, Any]]:
+def first_intact(paths: Sequence[str | os.PathLike],
+                 load: Callable[[Path], dict[str, Any]] = load) -> tuple[Path, dict[str, Any]]:
     """(path, checkpoint) of the first of `paths` that exists and reads; a broken one is skipped with a
-    note on stderr (a run's best.pt broken, its last.pt intact). Raises the first error if none reads."""
+    note on stderr (a run's best.pt broken, its last.pt intact). Raises the first error if none reads.
+    `load`: how a file is read (engine.run.Run passes its own, which reads each file once)."""
     first_error = None
     for candidate in map(Path, paths):
         if not candidate.is_file():

@@ -17,7 +17,7 @@ from cli_helpers import REPO, cli, env
 from ghostnetv3 import cli as top
 from ghostnetv3.engine import config as C
 from ghostnetv3.engine.config import TrainConfig, load_config
-from ghostnetv3.engine.train import build_model
+from ghostnetv3.engine.model_factory import build_model
 from ghostnetv3.models.registry import TIMM_NAMES
 from ghostnetv3.rep.conv import RepConv2d
 
@@ -145,7 +145,7 @@ def _record(seen):
     (["export", "RUN", "-o", "m.onnx"], "ghostnetv3.deploy.load.load_for_deploy"),
     (["quantize", "RUN"], "ghostnetv3.deploy.quantize.quantize"),
     (["predict", "RUN", "img.png"], "ghostnetv3.predict.predict"),
-    (["cache-teacher", "--teacher", "resnet18"], "ghostnetv3.engine.train.load_datasets"),
+    (["cache-teacher", "--teacher", "resnet18"], "ghostnetv3.engine.datasets.load_datasets"),
 ], ids=lambda a: a[0] if isinstance(a, list) else "")
 def test_threads_sets_torch_threads_before_the_work(argv, target, monkeypatch):
     seen = []

@@ -155,3 +155,23 @@ def test_predict_names_a_latin1_file_on_a_strict_utf8_terminal(tiny_run, images,
     r = cli("predict", run_dir, odd, "--topk", "1", PYTHONIOENCODING="utf-8:strict")
     assert r.returncode == 0 and "codec" not in r.stderr, r.stderr[-2000:]
     assert r.stdout.splitlines()[1] == f"{tmp_path}/r\\xf6ntgen.png"
+
+
+def test_predict_feeds_images_with_the_runs_interpolation(images):
+    """Issue 24 item 3: predict built its transform without `interpolation` (a bicubic run's images were
+    resized bilinearly); it now takes the run's whole input contract (data.InputSpec)."""
+    from timm.data import create_transform
+
+    from ghostnetv3.data.datasets import decode_image, short_side_center_crop, to_chw
+    from ghostnetv3.predict import load_images
+
+    paths, _ = images
+    cfg = {"img_size": 32, "in_chans": 1, "interpolation": "bicubic", "eval_crop_pct": 0.875}
+    got = load_images(paths, cfg)
+    tf = create_transform(input_size=(1, 32, 32), is_training=False, interpolation="bicubic", crop_pct=0.875,
+                          mean=(0.449,), std=(0.226,))
+    loaded = [short_side_center_crop(to_chw(decode_image(p), 1), 32) for p in paths]  # predict's load-time resize
+    want = torch.stack([tf(Image.fromarray(x[0].numpy(), "L")) for x in loaded])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    bilinear = load_images(paths, {**cfg, "interpolation": "bilinear"})
+    assert (got - bilinear).abs().max() > 1e-2

@@ -1,5 +1,6 @@
-"""One rule for which weights a command takes from a run (ghostnetv3.models.weights), and one meaning of
-"the validation set": eval's fused row is the model export writes and predict runs."""
+"""One rule for which weights a command takes from a run (ghostnetv3.engine.weights, read through
+ghostnetv3.engine.run), and one meaning of "the validation set": eval's fused row is the model export
+writes and predict runs."""
 import json
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from cli_helpers import cli
-from ghostnetv3.models.weights import choose_weights, pick_weights
+from ghostnetv3.engine.run import pick_weights
+from ghostnetv3.engine.weights import choose_weights
 
 SD = {"w": torch.zeros(1)}
 

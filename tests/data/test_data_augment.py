@@ -155,10 +155,10 @@ def test_view_does_not_depend_on_output_size():
 
 
 def test_resize_at_load_matches_interpolate():
-    from ghostnetv3.data.datasets import _resize_u8
+    from ghostnetv3.data.datasets import resize_u8
 
     x = _imgs(10, 3, 40, 30)
     for hw in ((20, 20), (64, 48), (37, 13)):
         ref = torch.nn.functional.interpolate(x.float(), size=hw, mode="bilinear", align_corners=False,
                                               antialias=True).round().clamp(0, 255)
-        assert (_resize_u8(x, hw).float() - ref).abs().max() <= 1
+        assert (resize_u8(x, hw).float() - ref).abs().max() <= 1

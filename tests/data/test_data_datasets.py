@@ -164,3 +164,24 @@ def test_val_labels_follow_train_classes(tmp_path):
     (tmp_path / "val").rename(tmp_path / "other")
     with pytest.raises(ValueError, match="no val/"):
         load_dataset(str(tmp_path), "train")
+
+
+def test_image_helpers_are_public_for_stream_and_predict(tmp_path):
+    from ghostnetv3.data.datasets import class_folders, decode_image, short_side_center_crop, to_chw
+
+    for name in ("b", "a", ".hidden"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+    assert class_folders(tmp_path / "set") == ["a", "b"]
+    with pytest.raises(ValueError, match="has no class folders"):
+        class_folders(tmp_path / "set" / "a")
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    a = decode_image(tmp_path / "red.png")
+    assert a.shape == (4, 6, 3) and a.dtype == np.uint8
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert isinstance(decode_image(tmp_path / "bad.png"), Exception)  # returned, not raised
+    gray = to_chw(a, 1)
+    assert gray.shape == (1, 4, 6) and int(gray[0, 0, 0]) == round(200 * 0.299)  # ITU-R 601 luma
+    assert to_chw(a[..., 0], 3).shape == (3, 4, 6)  # gray replicated for a colour model
+    assert short_side_center_crop(to_chw(a, 3), 2).shape == (3, 2, 2)

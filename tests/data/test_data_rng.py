@@ -1,9 +1,9 @@
 import torch
 
 from ghostnetv3.data import counter_normal, counter_uniform
-from ghostnetv3.data.rng import _MASK64
+from ghostnetv3.data.rng import MASK64, counter_bits
 
-M = _MASK64
+M = MASK64
 
 
 def _ref_mix(x):
@@ -58,3 +58,13 @@ def test_normal_moments():
     z = counter_normal(0, torch.arange(50000), 0, 9, 2)
     assert torch.isfinite(z).all()
     assert abs(z.mean().item()) < 0.02 and abs(z.std().item() - 1) < 0.02
+
+
+def test_counter_bits_are_the_bits_behind_counter_uniform():
+    idx = torch.tensor([0, 3, 2**33 + 1])
+    bits = counter_bits(7, idx, torch.tensor([1, 2, 3]), 9, 5)
+    assert bits.dtype == torch.int64 and bits.shape == (3, 5)
+    assert torch.equal(bits, counter_bits(7, idx, torch.tensor([1, 2, 3]), 9, 5))  # a pure function
+    top24 = [[((b & M) >> 40) / 2**24 for b in row] for row in bits.tolist()]
+    assert top24 == counter_uniform(7, idx, torch.tensor([1, 2, 3]), 9, 5).tolist()
+    assert not torch.equal(bits, counter_bits(7, idx, torch.tensor([1, 2, 3]), 10, 5))  # streams differ

@@ -28,9 +28,9 @@ def test_16bit_images_are_scaled_by_bit_depth_not_by_their_own_max(tmp_path, ext
         Image.fromarray(a).save(tmp_path / f"{name}.{ext}")
     with Image.open(tmp_path / f"dark.{ext}") as im:
         assert im.mode.startswith("I")
-        assert D._to_uint8(im).max() == 1  # 255/65535 of full scale, not white
+        assert D.to_uint8(im).max() == 1  # 255/65535 of full scale, not white
     with Image.open(tmp_path / f"mixed.{ext}") as im:
-        got = D._to_uint8(im)
+        got = D.to_uint8(im)
     assert got.tolist() == np.round(VALUES / 257.0).astype(np.uint8).tolist()
     assert got[0, 2] <= got[0, 3]  # 256 is no longer black next to 257
 
@@ -40,7 +40,7 @@ def test_12bit_tiff_uses_its_bits_per_sample(tmp_path):
     im.save(tmp_path / "x.tif", tiffinfo={258: 12})
     with Image.open(tmp_path / "x.tif") as back:
         bits = D._bit_depth(back)
-        got = D._to_uint8(back)
+        got = D.to_uint8(back)
     if bits == 12:
         assert got.tolist() == [[0, 128, 255]]
     else:  # Pillow wrote 32-bit samples: scaled by 32 bits, still never by the image's max
@@ -60,7 +60,7 @@ def test_one_rgba_or_cmyk_file_does_not_turn_a_gray_set_into_color(tmp_path, cap
     out = capsys.readouterr().out
     assert "2 of 8 images under" in out and "are color" in out and "read as gray (most of them are)" in out
     assert "--in-chans 3" in out
-    expect = np.asarray(Image.fromarray(D._to_uint8(rgba), "RGB").convert("L"))
+    expect = np.asarray(Image.fromarray(D.to_uint8(rgba), "RGB").convert("L"))
     idx = [i for i in range(len(ds)) if ds.labels[i] == 0][3]  # a/3.png, the RGBA file
     assert torch.equal(ds.images[idx, 0], torch.from_numpy(expect))
     color = load_dataset(root, "all", in_chans=3)  # asked for: color, the gray ones replicated
@@ -79,13 +79,13 @@ def test_a_color_majority_stays_color(tmp_path, capsys):
 def test_elongated_image_crop_equals_resize_then_crop_with_bounded_matrices():
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, 256, (1, 600, 9), dtype=torch.uint8, generator=g)
-    full = D._resize_u8(t[None], (round(600 * 32 / 9), 32))[0]  # the old way: the whole resized strip
+    full = D.resize_u8(t[None], (round(600 * 32 / 9), 32))[0]  # the old way: the whole resized strip
     y0 = (full.shape[1] - 32) // 2
-    assert torch.equal(D._short_side_center_crop(t, 32), full[:, y0:y0 + 32])
+    assert torch.equal(D.short_side_center_crop(t, 32), full[:, y0:y0 + 32])
     rows = D._resize_matrix(8000, 25600, slice(12784, 12816))  # an 8000 x 10 strip at 32 px
     assert rows.shape == (32, 8000)
     assert torch.allclose(rows.sum(1), torch.ones(32))
-    strip = D._short_side_center_crop(torch.full((1, 8000, 10), 200, dtype=torch.uint8), 32)
+    strip = D.short_side_center_crop(torch.full((1, 8000, 10), 200, dtype=torch.uint8), 32)
     assert strip.shape == (1, 32, 32) and int(strip.min()) == int(strip.max()) == 200
 
 
@@ -103,7 +103,7 @@ def test_elongated_image_resize_memory_is_bounded():
     import sys
     code = ("import resource, torch; from ghostnetv3.data import datasets as D; "
             "t = torch.full((1, 8000, 10), 200, dtype=torch.uint8); "
-            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; D._short_side_center_crop(t, 32); "
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; D.short_side_center_crop(t, 32); "
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})

@@ -1,7 +1,7 @@
 import json
 
-import ghostnetv3.deploy.edge as edge
 from ghostnetv3.cli import main
+from ghostnetv3.deploy.backends import openvino as openvino_backend
 from ghostnetv3.deploy.bench import BACKEND_GROUPS, BACKENDS, time_blocks
 
 from deploy_helpers import IMG, MODEL
@@ -42,7 +42,7 @@ def test_an_int8_conversion_the_converter_refuses_is_reported_not_fatal(tmp_path
     def refuse(*a, **kw):  # as LiteRT's converter refused GhostNetV3-1.0 at 224 px
         raise ValueError("Failed to run converter passes: 'tfl.pad' op quantization parameters violate ...")
 
-    monkeypatch.setattr(edge, "export_edge_int8", refuse)
+    monkeypatch.setattr(openvino_backend, "export_int8", refuse)
     rc = main(["bench", "test_efficientnet", "--input-size", "1", "32", "32", "--batch-sizes", "1",
                "--backends", "torch,openvino", "--threads", "1", "--repeats", "2", "--warmup", "1", "--rounds", "1",
                "--report", str(tmp_path)])

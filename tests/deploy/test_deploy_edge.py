@@ -18,12 +18,13 @@ import yaml
 
 from ghostnetv3.cli import main
 from ghostnetv3.deploy import export as export_mod
-from ghostnetv3.deploy.edge import (EDGE_FORMATS, MissingExtraError, edge_runner, export_edge_int8, pt2e_quantize,
-                                    require)
+from ghostnetv3.deploy.backends import BACKENDS, EDGE_FORMATS, litert
 from ghostnetv3.deploy.export import ExportMismatchError, export_model, read_metadata
+from ghostnetv3.deploy.extras import MissingExtraError, require
 from ghostnetv3.deploy.prepare import to_deploy_form
-from ghostnetv3.deploy.quantize import eval_batches
-from ghostnetv3.deploy.quantize_edge import runner_top1
+from ghostnetv3.deploy.pt2e import pt2e_quantize
+from ghostnetv3.deploy.runner import open_runner
+from ghostnetv3.deploy.scoring import eval_batches, runner_top1
 from ghostnetv3.models.ghostnet import GhostNet
 
 SMALL_CFGS = [[[3, 16, 16, 0, 1]], [[3, 48, 24, 0, 2]], [[5, 72, 40, 0.25, 2]]]
@@ -55,14 +56,14 @@ def test_export_runs_in_its_runtime_and_matches_pytorch(tmp_path, fmt, in_chans)
     x = torch.randn(1, in_chans, IMG, IMG)
     with torch.no_grad():
         ref = fused(x).numpy()
-    np.testing.assert_allclose(edge_runner(out, fmt, threads=1)(x.numpy()), ref, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(open_runner(out, fmt, threads=1)(x.numpy()), ref, atol=1e-4, rtol=0)
     meta = read_metadata(out)
     assert (meta["format"], meta["input_shape"], meta["num_classes"]) == (fmt, [1, in_chans, IMG, IMG], 10)
 
 
 def test_mismatch_writes_nothing(tmp_path, monkeypatch):
-    real = export_mod._runner
-    monkeypatch.setattr(export_mod, "_runner", lambda p, f: (lambda x: real(p, f)(x) + 0.5))
+    real = export_mod.open_runner
+    monkeypatch.setattr(export_mod, "open_runner", lambda p, f: (lambda x: real(p, f)(x) + 0.5))
     with pytest.raises(ExportMismatchError) as e:
         export_model(small_ghostnet(1), tmp_path / "m.xml", "openvino", (1, IMG, IMG), log=lambda m: None)
     assert e.value.max_diff == pytest.approx(0.5, abs=1e-3)
@@ -78,13 +79,13 @@ def test_int8_on_fashion_mnist(tmp_path, fmt):
     model = timm.create_model("test_efficientnet", num_classes=10, in_chans=1).eval()
     cfg = {"img_size": IMG, "in_chans": 1, "seed": 0}
     calib, n = eval_batches("fashion-mnist", "train", cfg, limit=16, batch_size=8)
-    path, info, reference = export_edge_int8(model, tmp_path / f"q{EDGE_FORMATS[fmt]}", fmt, (1, IMG, IMG),
-                                             (x for x, _ in calib))
+    path, info, reference = BACKENDS[fmt].export_int8(model, tmp_path / f"q{EDGE_FORMATS[fmt]}", (1, IMG, IMG),
+                                                      (x for x, _ in calib))
     assert info["calib_images"] == n == 16 and info["per_channel"]
     fp32 = tmp_path / f"f{EDGE_FORMATS[fmt]}"
     export_model(model, fp32, fmt, (1, IMG, IMG), log=lambda m: None)
     assert path.stat().st_size < fp32.stat().st_size / 2  # int8 weights
-    run8, run32 = edge_runner(path, fmt, 1), edge_runner(fp32, fmt, 1)
+    run8, run32 = open_runner(path, fmt, 1), open_runner(fp32, fmt, 1)
     x, _ = next(eval_batches("fashion-mnist", "val", cfg, limit=4, batch_size=4)[0])
     with torch.no_grad():
         ref_q = reference(torch.from_numpy(x[:1])).numpy()
@@ -122,8 +123,7 @@ def test_tflite_int8_pool_beside_padded_conv(tmp_path, which):
         model, size = PoolBesidePaddedConv().eval(), (4, 8, 8)
     else:
         model, size = to_deploy_form(small_ghostnet(1), log=lambda m: None)[0], (1, IMG, IMG)
-    path, _, reference = export_edge_int8(model, tmp_path / "q.tflite", "tflite", size,
-                                          [torch.randn(16, *size).numpy()])
+    path, _, reference = litert.export_int8(model, tmp_path / "q.tflite", size, [torch.randn(16, *size).numpy()])
     # the pool is now the depthwise conv it is (TFLite's XNNPACK delegate has no int8 pool), int8 in
     assert not [n for n in reference.graph.nodes if n.target == torch.ops.aten.avg_pool2d.default]
     pools = [n for n in reference.graph.nodes if n.meta.get("ghostnetv3_avg_pool")]
@@ -131,7 +131,7 @@ def test_tflite_int8_pool_beside_padded_conv(tmp_path, which):
     x = torch.randn(1, *size)
     with torch.no_grad():
         ref_q = reference(x).numpy()
-    out = edge_runner(path, "tflite", 1)(x.numpy())
+    out = open_runner(path, "tflite", 1)(x.numpy())
     assert np.abs(out - ref_q).max() < 0.1 * np.abs(ref_q).max() + 1e-3  # int8 rounding only
 
 
@@ -152,8 +152,7 @@ def test_tflite_int8_ghostnet_is_int8_throughout(tmp_path):
     # went around them. They are annotated by aten op now: no op of the file reads a float tensor.
     torch.manual_seed(0)
     model, size = to_deploy_form(small_ghostnet(1), log=lambda m: None)[0], (1, IMG, IMG)
-    path, _, reference = export_edge_int8(model, tmp_path / "q.tflite", "tflite", size,
-                                          [torch.randn(16, *size).numpy()])
+    path, _, reference = litert.export_int8(model, tmp_path / "q.tflite", size, [torch.randn(16, *size).numpy()])
     ops = tflite_ops(path)
     assert [name for name, dtypes in ops if np.float32 in dtypes] == []
     count = collections.Counter(name for name, _ in ops)
@@ -164,7 +163,7 @@ def test_tflite_int8_ghostnet_is_int8_throughout(tmp_path):
     x = torch.randn(1, *size)
     with torch.no_grad():
         ref_q, ref = reference(x).numpy(), model(x).numpy()
-    out = edge_runner(path, "tflite", 1)(x.numpy())
+    out = open_runner(path, "tflite", 1)(x.numpy())
     assert np.abs(out - ref_q).max() < 0.1 * np.abs(ref_q).max() + 1e-3  # int8 rounding only
     assert np.abs(out - ref).max() < 0.5 * np.abs(ref).max() + 1e-3
 
@@ -247,12 +246,13 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
 _OV_SIGNALS = """
 import signal, subprocess, sys, gc
 import numpy as np, timm
-from ghostnetv3.deploy.edge import edge_runner, export_edge
+from ghostnetv3.deploy.backends import openvino
+from ghostnetv3.deploy.runner import open_runner
 m = timm.create_model("test_efficientnet", num_classes=3, in_chans=1).eval()
-p = export_edge(m, sys.argv[1], "openvino", (1, 32, 32))
+p = openvino.export(m, sys.argv[1], (1, 32, 32))
 x = np.zeros((1, 1, 32, 32), np.float32)
-a = edge_runner(p, "openvino", 1); a(x)
-b = edge_runner(p, "openvino", 1); b(x)
+a = open_runner(p, "openvino", 1); a(x)
+b = open_runner(p, "openvino", 1); b(x)
 del a; gc.collect(); del b; gc.collect()  # released in another order than made
 signal.signal(signal.SIGCHLD, lambda *_: None)  # as torch's DataLoader does; Python handlers use the alt stack
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

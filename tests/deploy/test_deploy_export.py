@@ -66,12 +66,12 @@ def test_cli_export_prints_difference(tmp_path, capsys):
 
 
 def test_mismatch_exits_nonzero_with_the_difference(tmp_path, capsys, monkeypatch):
-    real = export_mod._runner
+    real = export_mod.open_runner
 
     def corrupted(path, fmt):
         run = real(path, fmt)
         return lambda x: run(x) + 0.5  # an exporter bug, simulated
-    monkeypatch.setattr(export_mod, "_runner", corrupted)
+    monkeypatch.setattr(export_mod, "open_runner", corrupted)
     rc = main(["export", MODEL, "--num-classes", "10", "--input-size", *map(str, SIZE),
                "--format", "torchscript", "--output", str(tmp_path / "m.pt")])
     captured = capsys.readouterr()
@@ -81,8 +81,8 @@ def test_mismatch_exits_nonzero_with_the_difference(tmp_path, capsys, monkeypatc
 
 
 def test_zero_tolerance_on_a_perturbed_export(fused, tmp_path, monkeypatch):
-    real = export_mod._runner
-    monkeypatch.setattr(export_mod, "_runner", lambda p, f: (lambda x: real(p, f)(x) * (1 + 1e-3)))
+    real = export_mod.open_runner
+    monkeypatch.setattr(export_mod, "open_runner", lambda p, f: (lambda x: real(p, f)(x) * (1 + 1e-3)))
     with pytest.raises(ExportMismatchError) as e:
         export_model(fused, tmp_path / "m.onnx", "onnx", SIZE, tolerance=0.0)
     assert e.value.max_diff > 0

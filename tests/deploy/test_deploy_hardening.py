@@ -20,7 +20,7 @@ from ghostnetv3.cli import main
 from ghostnetv3.deploy.bench import latency_figure
 from ghostnetv3.deploy.contract import read_input_contract
 from ghostnetv3.deploy.export import export_model, read_metadata
-from ghostnetv3.deploy.quantize import even_batches
+from ghostnetv3.deploy.backends.onnx import even_batches
 from ghostnetv3.errors import SaveError
 from ghostnetv3.paths import check_writable
 

@@ -26,7 +26,7 @@ def _flags(**kw) -> list[str]:
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     from ghostnetv3.engine.config import TrainConfig
-    from ghostnetv3.engine.train import train
+    from ghostnetv3.distill import train
 
     out = tmp_path_factory.mktemp("runs")
     train(TrainConfig(**{**TINY, "output": str(out), "experiment": "teacher"}))
@@ -66,7 +66,7 @@ def test_cache_teacher_cli_reuses_a_matching_cache_and_refuses_a_stale_one(cache
 def test_student_trains_from_the_cache_without_running_the_teacher(cache_file, tmp_path, monkeypatch):
     from ghostnetv3.distill.teachers import Teacher
     from ghostnetv3.engine.config import TrainConfig
-    from ghostnetv3.engine.train import train
+    from ghostnetv3.distill import train
 
     def no_teacher(*a, **k):
         raise AssertionError("a teacher ran during cached distillation")
@@ -79,7 +79,7 @@ def test_student_trains_from_the_cache_without_running_the_teacher(cache_file, t
 def test_a_cache_built_with_other_augmentation_is_refused(cache_file, tmp_path):
     from ghostnetv3.distill.cache import CacheMismatch
     from ghostnetv3.engine.config import TrainConfig
-    from ghostnetv3.engine.train import train
+    from ghostnetv3.distill import train
 
     with pytest.raises(CacheMismatch, match="augment.padding 2 != 3"):
         train(TrainConfig(**{**TINY, "output": str(tmp_path), "experiment": "s", "padding": 3,
@@ -91,7 +91,7 @@ def test_a_cache_built_with_other_augmentation_is_refused(cache_file, tmp_path):
 
 def test_student_trains_with_an_online_teacher(teacher_run, tmp_path):
     from ghostnetv3.engine.config import TrainConfig
-    from ghostnetv3.engine.train import train
+    from ghostnetv3.distill import train
 
     summary = train(TrainConfig(**{**TINY, "output": str(tmp_path), "experiment": "online",
                                    "teacher": str(teacher_run), "kd_loss": "soft-ce"}))

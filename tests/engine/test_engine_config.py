@@ -78,7 +78,7 @@ def test_recipes_load(name):
 
 
 def test_branch_knobs_reach_the_model():
-    from ghostnetv3.engine.train import build_model
+    from ghostnetv3.engine.model_factory import build_model
     from ghostnetv3.rep import RepConv2d
 
     def sites(**keys):
@@ -101,7 +101,7 @@ def test_branch_knobs_reach_the_model():
 def test_split_seed_fixes_the_split_across_run_seeds(tmp_path):
     from PIL import Image
 
-    from ghostnetv3.engine.train import load_datasets
+    from ghostnetv3.engine.datasets import load_datasets
 
     for c in range(2):
         (tmp_path / "data" / f"c{c}").mkdir(parents=True)

@@ -2,6 +2,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import ghostnetv3.engine.metrics_log as metrics_log
+import ghostnetv3.engine.task as engine_task
 import ghostnetv3.engine.train as engine
 from engine_helpers import load, tiny_config
 
@@ -25,7 +27,7 @@ class GoesNaN(nn.Module):
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, tiny_sets):
-    monkeypatch.setattr(engine, "build_model", lambda cfg, n, c: GoesNaN(c, n, bad_call=13))
+    monkeypatch.setattr(engine_task, "build_model", lambda cfg, n, c: GoesNaN(c, n, bad_call=13))
     cfg = tiny_config(tmp_path, epochs=3, checkpoint_interval=3)
     with pytest.raises(engine.NonFiniteLoss) as e:
         engine.train(cfg, train_set=tiny_sets[0], val_set=tiny_sets[1])
@@ -43,7 +45,7 @@ def test_nan_loss_leaves_a_diverged_record_that_resume_forgets(tmp_path, monkeyp
     a resume from the last good checkpoint drops that line with the others written after it."""
     import json
 
-    monkeypatch.setattr(engine, "build_model", lambda cfg, n, c: GoesNaN(c, n, bad_call=13))
+    monkeypatch.setattr(engine_task, "build_model", lambda cfg, n, c: GoesNaN(c, n, bad_call=13))
     cfg = tiny_config(tmp_path, epochs=3)
     with pytest.raises(engine.NonFiniteLoss):
         engine.train(cfg, train_set=tiny_sets[0], val_set=tiny_sets[1])
@@ -53,5 +55,5 @@ def test_nan_loss_leaves_a_diverged_record_that_resume_forgets(tmp_path, monkeyp
     assert len(diverged) == 1 and recs[-1] is diverged[0]
     assert (diverged[0]["epoch"], diverged[0]["step"], diverged[0]["global_step"]) == (2, 5, 13)
     assert diverged[0]["last_good_checkpoint"] is True  # epoch 1's
-    engine.trim_metrics(metrics, 1, 0)  # what --resume from that checkpoint does
+    metrics_log.trim_metrics(metrics, 1, 0)  # what --resume from that checkpoint does
     assert [r["type"] for r in map(json.loads, metrics.read_text().splitlines())].count("diverged") == 0

@@ -6,7 +6,8 @@ import torch
 
 from engine_helpers import tiny_config
 from ghostnetv3.engine.aa_loader import AALoader
-from ghostnetv3.engine.train import Dist, train
+from ghostnetv3.distill import train  # the public entry: the classification task, KD when a teacher is named
+from ghostnetv3.engine.distributed import Dist
 
 
 def test_conventional_recipe_features_train(tmp_path, tiny_sets):

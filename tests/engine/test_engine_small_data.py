@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from engine_helpers import load, run_cli, tiny_config
-from ghostnetv3.engine.budget import (PLAN_FILE, TimeBudget, auto_batch_size, choose_channels_last, drop_last_batch,
+from ghostnetv3.engine.plan import (PLAN_FILE, TimeBudget, auto_batch_size, choose_channels_last, drop_last_batch,
                                       few_steps_warning, make_plan)
 from ghostnetv3.engine.config import TrainConfig
 from ghostnetv3.engine.train import train

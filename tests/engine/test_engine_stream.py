@@ -14,7 +14,8 @@ from ghostnetv3.data.stream import (PerSampleLoader, SeededTransformDataset, cho
                                     shard_order)
 from ghostnetv3.engine import checkpoint as ckpt_io
 from ghostnetv3.engine.config import TrainConfig
-from ghostnetv3.engine.train import load_datasets, train
+from ghostnetv3.engine.datasets import load_datasets
+from ghostnetv3.engine.train import train
 
 CLASSES = ("ant", "bee", "cat")
 
@@ -226,15 +227,15 @@ class FakeShards(torch.utils.data.IterableDataset):
 
 
 def test_iterable_source_trains_for_train_num_samples_and_resumes_in_order(tmp_path, monkeypatch):
-    import ghostnetv3.data.timm_compat as tc
+    import ghostnetv3.data.timm_transforms as tc
     monkeypatch.setattr(tc, "load_streaming_dataset",
                         lambda name, split, transform, **kw: FakeShards(20 if split == "train" else 7, transform, split))
     cfg = cfg_for(tmp_path, "wds/fake-shards", train_num_samples=20, num_classes=3, epochs=1)
     s = train(cfg)
     assert s["global_step"] == 20 // 8 and 0 <= s["val_top1"] <= 100
-    from ghostnetv3.engine.train import _stream_loader
+    from ghostnetv3.engine.loaders import stream_loader
     train_set, _ = load_datasets(cfg)
-    ld = _stream_loader(cfg, train_set, 3, torch.device("cpu"), train=True)
+    ld = stream_loader(cfg, train_set, 3, torch.device("cpu"), train=True)
     ld.set_epoch(1)
     full = [b.images for b in ld.iter_from(0)]
     rest = [b.images for b in ld.iter_from(1)]

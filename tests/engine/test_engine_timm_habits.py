@@ -10,16 +10,18 @@ import torch.nn as nn
 
 from engine_helpers import assert_same_state, cli_args, load, popen_cli, run_cli, tiny_config
 from ghostnetv3.engine.config import TrainConfig, load_config
-from ghostnetv3.engine.train import _micro_bounds, build_model, forward_backward, train
+from ghostnetv3.engine.loop import forward_backward, micro_bounds
+from ghostnetv3.engine.model_factory import build_model
+from ghostnetv3.engine.train import train
 from test_engine_resume import assert_equal_runs, wait_for
 
 
 # ------------------------------------------------------------------------------ gradient accumulation
 
 def test_micro_batches_split_like_tensor_split():
-    assert _micro_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
-    assert _micro_bounds(2, 4) == [(0, 1), (1, 2)]          # a short last batch: no empty micro-batch
-    assert _micro_bounds(8, 1) == [(0, 8)]
+    assert micro_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert micro_bounds(2, 4) == [(0, 1), (1, 2)]          # a short last batch: no empty micro-batch
+    assert micro_bounds(8, 1) == [(0, 8)]
 
 
 def _grads(accum, batch, model, scaler):

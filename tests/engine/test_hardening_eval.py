@@ -19,7 +19,8 @@ from ghostnetv3.deploy.quantize import scored_batches
 from ghostnetv3.engine.config import TrainConfig, from_checkpoint_dict
 from ghostnetv3.engine.inputs import check_eval_classes, eval_aug_config
 from ghostnetv3.engine.plot import lr_per_step, plot_run, read_metrics, schedule_changes
-from ghostnetv3.engine.train import aug_config, load_datasets, train
+from ghostnetv3.engine.datasets import aug_config, load_datasets
+from ghostnetv3.engine.train import train
 
 SEED = 7  # engine_helpers.TINY
 SUBSET = f"64 of 10000 images of the validation split (seeded subset: seed {SEED + 1}, the run's --seed {SEED} + 1)"

@@ -1,5 +1,5 @@
 """A broken .safetensors file is one line naming it, in every command that reads weights (issue 25, item 3):
-models/weights.py reads them through ghostnetv3/safeload.py, as it reads .pt files."""
+engine/run.py reads them through ghostnetv3/safeload.py, as it reads .pt files."""
 import pytest
 import torch
 from safetensors.torch import save_file

@@ -104,12 +104,12 @@ def test_crop_conv_module_keeps_conv_state_and_traces_plainly():
 @pytest.mark.parametrize("kernel,padding,stride,size", [((5, 5), (2, 2), 2, (16, 16)), ((5, 5), (2, 2), 1, (9, 7)),
                                                         ((1, 5), (0, 2), 1, (6, 9)), ((5, 1), (2, 0), 1, (11, 4))])
 def test_five_tap_depthwise_runs_in_channels_last_and_returns_nchw(kernel, padding, stride, size):
-    from ghostnetv3.rep.crop import _depthwise_in_channels_last
+    from ghostnetv3.rep.crop import depthwise_in_channels_last
     g = torch.Generator().manual_seed(1)
     C = 6
     x = torch.randn(4, C, *size, generator=g, dtype=torch.float64)
     weight = torch.randn(C, 1, *kernel, generator=g, dtype=torch.float64)
-    assert _depthwise_in_channels_last(x, weight, True)  # the switch is taken for these
-    assert not _depthwise_in_channels_last(x, torch.randn(C, 1, 3, 3), True)
+    assert depthwise_in_channels_last(x, weight, True)  # the switch is taken for these
+    assert not depthwise_in_channels_last(x, torch.randn(C, 1, 3, 3), True)
     out = _check(x, weight, torch.randn(C, generator=g, dtype=torch.float64), (stride, stride), padding, C)
     assert out.is_contiguous()  # back in the caller's layout

@@ -196,7 +196,7 @@ def test_rep_init_scaled_starts_every_branch_at_one_over_sqrt_n():
 
 def test_rep_init_reaches_the_model_from_the_config():
     from ghostnetv3.engine.config import TrainConfig
-    from ghostnetv3.engine.train import build_model
+    from ghostnetv3.engine.model_factory import build_model
     m = build_model(TrainConfig(model="ghostnetv3_050", rep_init="scaled", width=0.25), 4, 1)
     sites = [s for s in m.modules() if isinstance(s, RepConv2d)]
     assert sites and all(s.rep_init == "scaled" for s in sites)

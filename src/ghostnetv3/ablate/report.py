@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from . import charts
 from .plan import Arm, Plan
 
@@ -164,11 +166,7 @@ def ema_verdict(diff: dict[str, Any]) -> str:
 
 
 def _torch_version() -> str:
-    try:
-        import torch
-        return torch.__version__
-    except Exception:  # pragma: no cover
-        return "?"
+    return torch.__version__
 
 
 def _fmt(ms: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 
 from ghostnetv3.engine import checkpoint as ckpt_io
 from ghostnetv3.engine.config import load_config
+from ghostnetv3.engine.evaluate import evaluate_checkpoint
 
 from .budget import write_budget
 from .lock import holder, try_claim, waiting_claim
@@ -100,8 +101,6 @@ def scores_from_confusion(cm: list[list[int]]) -> dict[str, float]:
 def score_run(run_dir: Path) -> dict[str, Any]:
     """Scores of the model a run ends with: the fused EMA weights when EMA is on, else the fused raw
     weights, from last.pt (the final epoch: no selection on the validation set)."""
-    from ghostnetv3.engine.evaluate import evaluate_checkpoint
-
     last = run_dir / ckpt_io.LAST
     # the final EMA when there is one, whatever validation preferred: no selection on the validation set
     state = ckpt_io.load(last)
@@ -118,7 +117,7 @@ def score_run(run_dir: Path) -> dict[str, Any]:
 
 def _last_record(run_dir: Path, kind: str) -> Optional[dict[str, Any]]:
     """The last metrics.jsonl record of type `kind` (a line cut short by a kill is skipped), or None."""
-    metrics = run_dir / "metrics.jsonl"
+    metrics = run_dir / ckpt_io.METRICS_FILE
     found = None
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
         try:

@@ -30,7 +30,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .rng import _counter_bits, counter_normal, counter_uniform
+from .rng import counter_bits, counter_normal, counter_uniform
 
 __all__ = ["AugConfig", "BatchAugment"]
 
@@ -277,7 +277,7 @@ class BatchAugment:
             fill = fill.to(x.device).view(B, C, 1, 1)
         else:  # per-pixel noise: one generator per erased sample, seeded from its counter
             fill = torch.zeros_like(x)
-            seeds = _counter_bits(self.seed, p["index"].cpu(), p["key"].cpu(), _S_ERASE_COLOR, 1)
+            seeds = counter_bits(self.seed, p["index"].cpu(), p["key"].cpu(), _S_ERASE_COLOR, 1)
             for i in torch.nonzero(p["erase"]).flatten().tolist():
                 g = torch.Generator(device=x.device).manual_seed(int(seeds[i, 0]) & (2**63 - 1))
                 fill[i].normal_(generator=g)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.metadata
 import os
+import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+from torchvision.datasets import FashionMNIST
 
-__all__ = ["ImageSet", "load_dataset", "stratified_split", "cache_dir", "IMG_EXTENSIONS", "shown"]
+__all__ = ["ImageSet", "load_dataset", "stratified_split", "cache_dir", "IMG_EXTENSIONS", "shown", "class_folders",
+           "decode_image", "to_uint8", "to_chw", "short_side_center_crop"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -162,10 +166,6 @@ def _fashion_mnist_dir() -> Path:
     if os.environ.get("GHOSTNETV3_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") == "1":
         raise FileNotFoundError(_FMNIST_MISSING)
     try:  # machines with internet: torchvision's downloader writes the same idx .gz files
-        import socket
-
-        from torchvision.datasets import FashionMNIST
-
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(10)
         try:
@@ -195,7 +195,7 @@ def _load_fashion_mnist(split: str) -> ImageSet:
 # ---- elpv ---------------------------------------------------------------------------------------
 def _load_elpv(split: str, seed: int, val_fraction: float, image_size: int | None) -> ImageSet:
     try:
-        import elpv_dataset
+        import elpv_dataset  # lazy: optional extra (pip install -e '.[data]')
     except ImportError:
         raise ImportError("elpv needs the PyPI package: pip install elpv-dataset "
                           "(or pip install -e '.[data]')") from None
@@ -217,7 +217,7 @@ def _load_elpv(split: str, seed: int, val_fraction: float, image_size: int | Non
             arrays = list(ex.map(lambda p: np.asarray(Image.open(p).convert("L")), paths))
         images = torch.from_numpy(np.stack(arrays)).unsqueeze(1)
         if image_size:
-            images = _resize_u8(images, (image_size, image_size))
+            images = resize_u8(images, (image_size, image_size))
         full = ImageSet(images, labels, list(ELPV_CLASSES), "elpv")
         _save_cache(cache, {"images": images, "labels": labels})
     tag = f"elpv{'@' + str(image_size) if image_size else ''}"
@@ -226,9 +226,7 @@ def _load_elpv(split: str, seed: int, val_fraction: float, image_size: int | Non
 
 def _dist_version(name: str) -> str:
     try:
-        from importlib.metadata import version
-
-        return version(name)
+        return importlib.metadata.version(name)
     except Exception:
         return "unknown"
 
@@ -244,7 +242,7 @@ def _save_cache(path: Path, blob: dict) -> None:
 
 
 # ---- resizing -----------------------------------------------------------------------------------
-def _resize_u8(images: Tensor, hw: tuple[int, int], chunk: int = 4096) -> Tensor:
+def resize_u8(images: Tensor, hw: tuple[int, int], chunk: int = 4096) -> Tensor:
     """Bilinear resize of a uint8 batch (antialiased when shrinking), in chunks to bound memory.
 
     Resizing is linear and separable, so it is two small matrix products, Ry @ x @ Rx^T, whose
@@ -281,7 +279,7 @@ def _resize_matrix(n: int, m: int, rows: slice | None = None, chunk: int = 256) 
 def _resize_set(ds: ImageSet, size: int) -> ImageSet:
     if tuple(ds.images.shape[-2:]) == (size, size):
         return ds
-    return ImageSet(_resize_u8(ds.images, (size, size)), ds.labels, ds.classes, f"{ds.name}@{size}", ds.skipped)
+    return ImageSet(resize_u8(ds.images, (size, size)), ds.labels, ds.classes, f"{ds.name}@{size}", ds.skipped)
 
 
 # ---- image folders ------------------------------------------------------------------------------
@@ -301,10 +299,10 @@ def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad:
     if split_dirs["train"].is_dir() and split_dirs.get("val") is not None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"split={split!r}; {shown(root)} has 'train' and 'val' folders")
-        classes = _class_folders(split_dirs["train"])  # train/ defines the label indices
+        classes = class_folders(split_dirs["train"])  # train/ defines the label indices
         d = split_dirs[split]
         if split != "train":
-            extra = sorted(set(_class_folders(d)) - set(classes))
+            extra = sorted(set(class_folders(d)) - set(classes))
             if extra:
                 raise ValueError(f"{shown(d)} has class folders not in {shown(split_dirs['train'])}: "
                                  f"{[shown(e) for e in extra[:5]]}; add them to train/ or remove them")
@@ -313,14 +311,15 @@ def _load_folder(root: Path, split: str, seed: int, val_fraction: float, on_bad:
     if split_dirs["train"].is_dir():
         raise ValueError(f"{shown(root)} has train/ but no val/ or validation/ folder; add one, or point "
                          f"at {shown(split_dirs['train'])} to split it by seed")
-    classes = _class_folders(root)
+    classes = class_folders(root)
     full = _decode_folder(root, classes, on_bad, image_size, shown(root.name), in_chans=in_chans)
     out = _pick_split(full, split, seed, val_fraction, shown(root.name))
     out.skipped = list(full.skipped)
     return out
 
 
-def _class_folders(root: Path) -> list[str]:
+def class_folders(root: Path) -> list[str]:
+    """The class names of an ImageFolder-style `root`: its sub-folders, sorted (hidden ones left out)."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{shown(root)} has no class folders; put images in {shown(root)}/<class name>/")
@@ -341,7 +340,7 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
         files += found
         labels += [c] * len(found)
     with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as ex:
-        decoded = list(ex.map(_decode_image, files))
+        decoded = list(ex.map(decode_image, files))
     keep, skipped = [], []
     for i, (path, res) in enumerate(zip(files, decoded)):
         if isinstance(res, Exception):
@@ -356,10 +355,10 @@ def _decode_folder(root: Path, classes: list[str], on_bad: str, image_size: int 
     arrays = [decoded[i] for i in keep]
     labels_t = torch.tensor([labels[i] for i in keep], dtype=torch.int64)
     channels = _folder_channels(root, [files[i] for i in keep], arrays, in_chans)
-    tensors = [_to_chw(a, channels) for a in arrays]
+    tensors = [to_chw(a, channels) for a in arrays]
     sizes = {tuple(t.shape[-2:]) for t in tensors}
     if image_size:
-        tensors = [_short_side_center_crop(t, image_size) for t in tensors]
+        tensors = [short_side_center_crop(t, image_size) for t in tensors]
     elif len(sizes) > 1:
         eg = sorted(sizes)[:2]
         raise ValueError(f"images under {shown(root)} have {len(sizes)} different sizes (e.g. {eg[0]} and "
@@ -384,17 +383,18 @@ def _folder_channels(root: Path, files: list[Path], arrays: list[np.ndarray], in
     return channels
 
 
-def _decode_image(path: Path) -> np.ndarray | Exception:
+def decode_image(path: Path) -> np.ndarray | Exception:
     """HxW (gray) or HxWx3 uint8; transparency composited on white; 16-bit scaled to 8."""
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files raise here, not later
-            return _to_uint8(im)
+            return to_uint8(im)
     except Exception as e:  # PIL raises many types for bad files
         return e
 
 
-def _to_uint8(im: Image.Image) -> np.ndarray:
+def to_uint8(im: Image.Image) -> np.ndarray:
+    """A decoded PIL image as HxW or HxWx3 uint8 (see `decode_image`)."""
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -441,7 +441,8 @@ def _bit_depth(im: Image.Image) -> int:
     return 32
 
 
-def _to_chw(a: np.ndarray, channels: int) -> Tensor:
+def to_chw(a: np.ndarray, channels: int) -> Tensor:
+    """uint8 CHW with `channels` (1 or 3): colour to luma for 1, gray replicated for 3."""
     if a.ndim == 3 and channels == 1:  # a color file in a gray set: ITU-R 601 luma, as PIL's convert("L")
         a = np.asarray(Image.fromarray(a, "RGB").convert("L"))
     t = torch.from_numpy(np.array(a, copy=True))  # PIL arrays are read-only
@@ -451,7 +452,8 @@ def _to_chw(a: np.ndarray, channels: int) -> Tensor:
     return t.permute(2, 0, 1).contiguous()
 
 
-def _short_side_center_crop(t: Tensor, size: int) -> Tensor:
+def short_side_center_crop(t: Tensor, size: int) -> Tensor:
+    """uint8 CHW resized so the short side is `size` (bilinear, antialiased when shrinking), then the centre `size` x `size`."""
     h, w = t.shape[-2:]
     if (h, w) == (size, size):
         return t

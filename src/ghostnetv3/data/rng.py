@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["counter_uniform", "counter_normal", "mix64"]
+__all__ = ["counter_uniform", "counter_normal", "counter_bits", "mix64"]
 
-_MASK64 = (1 << 64) - 1
+MASK64 = (1 << 64) - 1
 
 
 def _i64(x: int) -> int:
     """Python int -> the int64 with the same low 64 bits."""
-    x &= _MASK64
+    x &= MASK64
     return x - (1 << 64) if x >= (1 << 63) else x
 
 
@@ -42,7 +42,9 @@ def mix64(x: Tensor) -> Tensor:
     return x ^ _shr(x, 31)
 
 
-def _counter_bits(seed: int, index: Tensor, key: Tensor | int, stream: int, n: int) -> Tensor:
+def counter_bits(seed: int, index: Tensor, key: Tensor | int, stream: int, n: int) -> Tensor:
+    """Raw 64-bit hashes, int64 [len(index), n], a pure function of the arguments (the bits behind
+    `counter_uniform`; e.g. a seed per sample)."""
     index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
     key = torch.as_tensor(key, dtype=torch.int64, device=index.device).expand_as(index)
     h = mix64(torch.full_like(index, _i64(seed * _GOLDEN + 0x632BE59BD9B4E019)))
@@ -59,7 +61,7 @@ def counter_uniform(seed: int, index: Tensor, key: Tensor | int, stream: int, n:
     `key` is a scalar or one int per index (e.g. the epoch, or a view id); `stream` separates
     independent uses (crop, flip, jitter...) so adding one never shifts the others.
     """
-    bits = _shr(_counter_bits(seed, index, key, stream, n), 40)  # top 24 bits: exact in float32
+    bits = _shr(counter_bits(seed, index, key, stream, n), 40)  # top 24 bits: exact in float32
     return bits.to(torch.float32) * (1.0 / (1 << 24))
 
 

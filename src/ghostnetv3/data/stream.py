@@ -30,10 +30,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from PIL import Image
+from timm.data.readers import create_reader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import IMG_EXTENSIONS, _class_folders, _decode_image, _to_uint8, shown, stratified_split
+from . import timm_transforms
+from .datasets import IMG_EXTENSIONS, class_folders, decode_image, shown, stratified_split, to_uint8
 from .loader import Batch, shard_order
 
 __all__ = ["FACTORY_PREFIXES", "ITERABLE_PREFIXES", "StreamSet", "IterableStreamSet", "PerSampleLoader",
@@ -113,17 +115,17 @@ def list_folder(root: Path, split: str, seed: int, val_fraction: float):
                              f"at {shown(root / 'train')} to split it by seed")
         if split not in ("train", "val", "test"):
             raise ValueError(f"split={split!r}; {shown(root)} has 'train' and 'val' folders")
-        classes = _class_folders(root / "train")  # train/ defines the label indices
+        classes = class_folders(root / "train")  # train/ defines the label indices
         d = {"train": root / "train", "val": val_dir,
              "test": root / "test" if (root / "test").is_dir() else val_dir}[split]
         if split != "train":
-            extra = sorted(set(_class_folders(d)) - set(classes))
+            extra = sorted(set(class_folders(d)) - set(classes))
             if extra:
                 raise ValueError(f"{shown(d)} has class folders not in {shown(root / 'train')}: "
                                  f"{[shown(e) for e in extra[:5]]}; add them to train/ or remove them")
         files, labels = _list_classes(d, classes, allow_missing=split != "train")
         return files, labels, [shown(c) for c in classes], f"{shown(root.name)}:{split}"
-    classes = _class_folders(root)
+    classes = class_folders(root)
     files, labels = _list_classes(root, classes)
     if split == "all":
         return files, labels, [shown(c) for c in classes], f"{shown(root.name)}:all"
@@ -162,7 +164,7 @@ class _FolderReader:
         return shown(self.files[i])
 
     def read(self, i: int) -> np.ndarray:
-        res = _decode_image(Path(os.fsdecode(self.files[i])))  # the in-memory path's decoder: same pixels
+        res = decode_image(Path(os.fsdecode(self.files[i])))  # the in-memory path's decoder: same pixels
         if isinstance(res, Exception):
             raise res
         return res
@@ -199,7 +201,7 @@ class _TimmReader:
             obj = io.BytesIO(obj)
         with (obj if isinstance(obj, Image.Image) else Image.open(obj)) as im:
             im.load()
-            return _to_uint8(im)
+            return to_uint8(im)
 
 
 class StreamSet:
@@ -262,8 +264,6 @@ def open_stream_set(data: str, split: str = "train", *, seed: int = 0, val_fract
             raise ValueError(f"{data} does not list its classes; pass --num-classes N")
         return IterableStreamSet(data, "train" if split == "train" else "validation", num_samples, num_classes)
     if data.lower().startswith("hfds/") or (data.lower().endswith(".tar") and os.path.isfile(data)):
-        from timm.data.readers import create_reader
-
         name, root = (data, None) if data.lower().startswith("hfds/") else ("", data)
         timm_split = "train" if split == "train" else "validation"
         reader = create_reader(name, root=root, split=timm_split)
@@ -443,15 +443,13 @@ class IterableLoader:
     def __init__(self, ds: IterableStreamSet, transform: Callable, batch_size: int, *, train: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1, workers: int = 0, device: str | torch.device = "cpu",
                  channels_last: bool = False, in_chans: int = 3):
-        from .timm_compat import load_streaming_dataset
-
         self.ds, self.batch_size, self.train, self.workers = ds, int(batch_size), train, int(workers)
         self.device, self.channels_last, self.epoch = torch.device(device), channels_last, 0
         self.tf = _IterTransform(transform, seed, rank, in_chans)
         self.skipped = ds.skipped
-        self.dataset = load_streaming_dataset(ds.name, ds.split, self.tf, root=ds.root, is_training=train,
-                                              batch_size=self.batch_size, seed=seed, num_samples=ds.num_samples,
-                                              input_img_mode="RGB" if in_chans == 3 else "L")
+        self.dataset = timm_transforms.load_streaming_dataset(
+            ds.name, ds.split, self.tf, root=ds.root, is_training=train, batch_size=self.batch_size, seed=seed,
+            num_samples=ds.num_samples, input_img_mode="RGB" if in_chans == 3 else "L")
         if hasattr(self.dataset, "set_loader_cfg"):
             self.dataset.set_loader_cfg(num_workers=self.workers)
         self.steps = (ds.num_samples // (self.batch_size * world_size)) if train else None

@@ -8,6 +8,14 @@
 
 Names resolve lazily so `import ghostnetv3.deploy` (done by the CLI) costs nothing and onnx /
 onnxruntime are needed only by the functions that use them.
+
+Where things live: `load` (run dir | checkpoint | name -> model), `prepare` (fuse, eval mode),
+`backends/` (one file per format: export, INT8, runner, metadata; the table `BACKENDS`), `pt2e`
+(the INT8 graph rewrites and annotations of ExecuTorch and LiteRT), `runner` (run a file on a
+batch), `contract` (the input contract every file carries), `files` (sidecars, temporary names,
+staging), `extras` (which pip extra a missing runtime needs), `openvino_thread`, `steps` (progress
+lines, quiet third-party output, SIGTERM); the commands: `export`, `quantize` (+ `quantize_edge`),
+`scoring` (calibration and scored images, top-1), `bench`, `cli`.
 """
 from __future__ import annotations
 
@@ -18,13 +26,15 @@ _EXPORTS = {
     "export_model": "export", "export_onnx": "export", "export_torchscript": "export",
     "verify_export": "export", "read_metadata": "export", "ExportMismatchError": "export",
     "input_contract": "contract", "read_input_contract": "contract",
-    "quantize_onnx": "quantize",  # quantize() and bench() share their modules' names: import those
-    "count_params_macs": "count",
+    "quantize_onnx": "backends.onnx",  # quantize() and bench() share their modules' names: import those
+    "count_params_macs": "ghostnetv3.rep.count",  # the counter lives with the branch math
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        where = _EXPORTS[name]
+        module = where if where.startswith("ghostnetv3.") else f"{__name__}.{where}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,11 +12,12 @@ backends, so a load spike from another process on a shared machine hits every ba
 from __future__ import annotations
 
 import datetime
-import importlib.util
+import json
 import os
 import platform
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,7 +25,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ghostnetv3.deploy.backends import backend_for
+from ghostnetv3.deploy.backends.executorch import set_executorch_threads
+from ghostnetv3.deploy.backends.onnx import quantize_onnx
+from ghostnetv3.deploy.extras import MissingExtraError, install_hint, missing
+from ghostnetv3.deploy.load import load_for_deploy
+from ghostnetv3.deploy.prepare import to_deploy_form
+from ghostnetv3.deploy.runner import open_runner
+from ghostnetv3.deploy.scoring import eval_batches
 from ghostnetv3.deploy.steps import sigterm_interrupts, step
+from ghostnetv3.rep.count import count_params_macs
 
 __all__ = ["bench", "time_blocks", "time_interleaved", "summarize", "format_table", "machine_info",
            "make_runners", "select_backends", "write_report", "BACKENDS", "BACKEND_GROUPS"]
@@ -38,17 +48,14 @@ BACKEND_GROUPS = {
     "litert": ("litert_fp32", "litert_int8"),
 }
 BACKENDS = tuple(b for rows in BACKEND_GROUPS.values() for b in rows)
-# the packages a group needs, and the extra that installs them
-_GROUP_NEEDS = {"torch": ((), None), "onnxruntime": (("onnx", "onnxruntime"), "deploy"),
-                "openvino": (("openvino", "nncf"), "edge"), "executorch": (("executorch", "torchao"), "edge"),
-                "litert": (("litert_torch", "ai_edge_litert", "torchao"), "edge")}
-_GROUP_FORMAT = {"openvino": "openvino", "executorch": "executorch", "litert": "tflite"}
+# --backends name -> the file format it runs (torch: the model itself)
+GROUP_FORMAT = {"torch": None, "onnxruntime": "onnx", "openvino": "openvino", "executorch": "executorch",
+                "litert": "tflite"}
 
 
 def select_backends(spec: str | Sequence[str] = "all") -> tuple[list[str], dict[str, str]]:
     """(groups to time, {group: why skipped}). 'all' takes every installed group; a group asked
     for by name whose runtime is missing is a one-line error naming the extra."""
-    from ghostnetv3.deploy.edge import MissingExtraError
     names = list(BACKEND_GROUPS) if spec in ("all", None) else (
         [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec))
     unknown = [n for n in names if n not in BACKEND_GROUPS]
@@ -56,14 +63,13 @@ def select_backends(spec: str | Sequence[str] = "all") -> tuple[list[str], dict[
         raise ValueError(f"--backends: unknown {', '.join(unknown)}; use {', '.join(BACKEND_GROUPS)} or all")
     groups, skipped = [], {}
     for g in names:
-        mods, extra = _GROUP_NEEDS[g]
-        missing = [m for m in mods if importlib.util.find_spec(m) is None]
-        if not missing:
+        absent = missing(backend_for(GROUP_FORMAT[g]).PACKAGES if GROUP_FORMAT[g] else ())
+        if not absent:
             groups.append(g)
         elif spec in ("all", None):
-            skipped[g] = f"not installed ({', '.join(missing)}): pip install ghostnetv3[{extra}]"
+            skipped[g] = f"not installed ({', '.join(absent)}): {install_hint(absent)}"
         else:
-            raise MissingExtraError(f"backend {g} needs {', '.join(missing)}: pip install ghostnetv3[{extra}]")
+            raise MissingExtraError(f"backend {g} needs {', '.join(absent)}: {install_hint(absent)}")
     return groups, skipped
 
 
@@ -116,7 +122,6 @@ def machine_info(threads: int) -> dict[str, Any]:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
-    from importlib.metadata import PackageNotFoundError, version
     for pkg in ("onnxruntime", "openvino", "nncf", "executorch", "litert-torch", "ai-edge-litert"):
         try:
             info[pkg] = version(pkg)
@@ -127,10 +132,6 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 
 def _count(model: nn.Module, input_size: Sequence[int]) -> tuple[int, Optional[int]]:
-    try:
-        from ghostnetv3.rep.count import count_params_macs
-    except ImportError:  # count.py not built yet: params only
-        return sum(p.numel() for p in model.parameters()), None
     params, macs = count_params_macs(model, tuple(input_size))
     return int(params), int(macs)
 
@@ -141,7 +142,6 @@ class _Calibration:
 
     def __init__(self, calib_data: Optional[str], cfg: dict, input_size: Sequence[int], size: int):
         if calib_data:
-            from ghostnetv3.deploy.quantize import eval_batches
             batches, _ = eval_batches(calib_data, "train", {**cfg, "in_chans": input_size[0],
                                                              "img_size": input_size[1]}, size, 8)
             self.batches = [x for x, _ in batches]
@@ -155,6 +155,45 @@ class _Calibration:
         return iter(self.batches)
 
 
+def _onnx_runners(fused: nn.Module, input_size: Sequence[int], threads: int, int8: bool, calib: Callable[[], Any],
+                  workdir: Path, cache: dict, log: Callable[[str], None]) -> dict[str, Callable]:
+    """onnxruntime's rows: the files exported once, with a dynamic batch (kept in `cache`)."""
+    if "onnx" not in cache:
+        with step(log, f"exporting ONNX{' and quantizing it to INT8 (onnxruntime)' if int8 else ''}"):
+            fp32 = backend_for("onnx").export(fused, workdir / "fp32.onnx", input_size, dynamic_batch=True)
+            cache["onnx"] = [fp32]
+            if int8:
+                quantize_onnx(fp32, workdir / "int8.onnx", calib())
+                cache["onnx"].append(workdir / "int8.onnx")
+    return {row: open_runner(path, "onnx", threads) for path, row in zip(cache["onnx"], BACKEND_GROUPS["onnxruntime"])}
+
+
+def _edge_runners(fused: nn.Module, input_size: Sequence[int], batch: int, group: str, threads: int, int8: bool,
+                  calib: Callable[[], Any], workdir: Path, log: Callable[[str], None],
+                  failed: Optional[dict[str, str]]) -> dict[str, Callable]:
+    """An on-device group's rows: files exported at this batch size (their shapes are fixed). An
+    INT8 conversion that its converter refuses is left out and recorded in `failed`."""
+    fmt, (row32, row8) = GROUP_FORMAT[group], BACKEND_GROUPS[group]
+    backend, runners = backend_for(fmt), {}
+    with step(log, f"exporting {fmt} fp32 at batch {batch}"):
+        path = backend.export(fused, workdir / f"{fmt}_b{batch}_fp32{backend.SUFFIX}", input_size, batch)
+        runners[row32] = open_runner(path, fmt, threads)
+    if not int8:
+        return runners
+    try:
+        with step(log, f"quantizing {fmt} to INT8 at batch {batch} (calibrating, then lowering)"):
+            path8, _, _ = backend.export_int8(fused, workdir / f"{fmt}_b{batch}_int8{backend.SUFFIX}",
+                                              input_size, calib(), batch)
+    except (ValueError, RuntimeError) as e:  # the converters' own refusals
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        log(f"{row8} at batch {batch}: the converter failed, row left out: {why}")
+        if failed is not None:
+            failed[f"{row8}@{batch}"] = why
+    else:
+        runners[row8] = open_runner(path8, fmt, threads)
+    return runners
+
+
 def make_runners(fused: nn.Module, input_size: Sequence[int], batch: int, groups: Sequence[str],
                  threads: int, int8: bool, calib: Callable[[], Any], workdir: Path,
                  cache: dict, log: Callable[[str], None] = print,
@@ -164,54 +203,19 @@ def make_runners(fused: nn.Module, input_size: Sequence[int], batch: int, groups
     dynamic batch (kept in `cache`). An on-device INT8 conversion that its converter refuses is
     left out and recorded in `failed` ({row@batch: the converter's first line}): one converter's
     limit should not cost the whole table."""
-    from ghostnetv3.deploy.edge import edge_runner, export_edge, export_edge_int8
-    from ghostnetv3.deploy.export import export_onnx, onnx_session
-    from ghostnetv3.deploy.quantize import quantize_onnx
     runners: dict[str, Callable] = {}
-    diffs: dict[str, float] = {}
     for g in groups:
         if g == "torch":
             runners["torch_eager_fp32"] = lambda x: _no_grad(fused, torch.from_numpy(x))
-            continue
-        if g == "onnxruntime":
-            if "onnx" not in cache:
-                with step(log, f"exporting ONNX{' and quantizing it to INT8 (onnxruntime)' if int8 else ''}"):
-                    fp32 = export_onnx(fused, workdir / "fp32.onnx", input_size, dynamic_batch=True)
-                    cache["onnx"] = [fp32]
-                    if int8:
-                        quantize_onnx(fp32, workdir / "int8.onnx", calib())
-                        cache["onnx"].append(workdir / "int8.onnx")
-            for path, row in zip(cache["onnx"], BACKEND_GROUPS[g]):
-                sess = onnx_session(path, threads)
-                runners[row] = (lambda x, s=sess: s.run(None, {"input": x})[0])
-            continue
-        fmt, (row32, row8) = _GROUP_FORMAT[g], BACKEND_GROUPS[g]
-        with step(log, f"exporting {fmt} fp32 at batch {batch}"):
-            path = export_edge(fused, workdir / f"{fmt}_b{batch}_fp32{_suffix(fmt)}", fmt, input_size, batch)
-            runners[row32] = edge_runner(path, fmt, threads)
-        if int8:
-            try:
-                with step(log, f"quantizing {fmt} to INT8 at batch {batch} (calibrating, then lowering)"):
-                    path8, _, _ = export_edge_int8(fused, workdir / f"{fmt}_b{batch}_int8{_suffix(fmt)}", fmt,
-                                                   input_size, calib(), batch)
-            except (ValueError, RuntimeError) as e:  # the converters' own refusals
-                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                log(f"{row8} at batch {batch}: the converter failed, row left out: {why}")
-                if failed is not None:
-                    failed[f"{row8}@{batch}"] = why
-            else:
-                runners[row8] = edge_runner(path8, fmt, threads)
+        elif g == "onnxruntime":
+            runners.update(_onnx_runners(fused, input_size, threads, int8, calib, workdir, cache, log))
+        else:
+            runners.update(_edge_runners(fused, input_size, batch, g, threads, int8, calib, workdir, log, failed))
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(batch))
     ref = _no_grad(fused, x).numpy()
-    for row, run in runners.items():
-        if row.endswith("fp32"):
-            diffs[row] = float(np.abs(np.asarray(run(x.numpy())) - ref).max())
+    diffs = {row: float(np.abs(np.asarray(run(x.numpy())) - ref).max())
+             for row, run in runners.items() if row.endswith("fp32")}
     return runners, diffs
-
-
-def _suffix(fmt: str) -> str:
-    from ghostnetv3.deploy.edge import EDGE_FORMATS
-    return EDGE_FORMATS[fmt]
 
 
 def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes: Sequence[int] = (1, 32),
@@ -227,10 +231,6 @@ def bench(spec: str, *, input_size: Optional[Sequence[int]] = None, batch_sizes:
     on `calib_data` (its train split) when given, else on random normal images. `extra`: more
     runners (any batch size) timed in the same blocks, e.g. a baseline model. `model`: the
     architecture of a checkpoint that does not say."""
-    from ghostnetv3.deploy.edge import set_executorch_threads
-    from ghostnetv3.deploy.load import load_for_deploy
-    from ghostnetv3.deploy.prepare import to_deploy_form
-
     threads = int(threads or torch.get_num_threads())
     if any(b < 1 for b in batch_sizes) or repeats < 1 or rounds < 1:
         raise ValueError("batch sizes, --repeats and --rounds must be positive")
@@ -348,10 +348,10 @@ _PRECISION_COLORS = {"fp32": "tab:blue", "INT8": "tab:orange"}
 def latency_figure(r: dict[str, Any]):
     """Horizontal bars of median latency, one panel per batch size, fp32 and INT8 told apart by
     colour and a legend (a matplotlib Figure)."""
-    import matplotlib
+    import matplotlib  # lazy: optional extra (plot)
     matplotlib.use("Agg")  # files only; no display on a server
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    import matplotlib.pyplot as plt  # lazy: optional extra (plot)
+    from matplotlib.patches import Patch  # lazy: optional extra (plot)
     sizes = list(dict.fromkeys(x["batch_size"] for x in r["latency"]))
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 0.45 * len(r["latency"]) / len(sizes) + 2.2),
                              squeeze=False)
@@ -375,7 +375,7 @@ def latency_figure(r: dict[str, Any]):
 
 def plot_latency(r: dict[str, Any], path: str | os.PathLike) -> Path:
     """`latency_figure` as a PNG."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: optional extra (plot)
     fig = latency_figure(r)
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -385,7 +385,6 @@ def plot_latency(r: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def write_report(r: dict[str, Any], directory: str | os.PathLike) -> list[Path]:
     """DIR/latency.md, DIR/latency.png, DIR/bench.json."""
-    import json
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     md, js = d / "latency.md", d / "bench.json"

@@ -11,10 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ghostnetv3.deploy.edge import EDGE_FORMATS
-from ghostnetv3.deploy.export import FORMATS
+from ghostnetv3.deploy.backends import EDGE_FORMATS, FORMATS
 from ghostnetv3.engine.cli import add_threads_flag, apply_threads
-from ghostnetv3.models.weights import add_weights_flags
+from ghostnetv3.engine.weights import add_weights_flags
 from ghostnetv3.paths import check_writable
 
 _MODEL_HELP = "architecture of a checkpoint file without a config inside or beside it (e.g. ghostnetv3_100)"

@@ -6,6 +6,7 @@ through `to_deploy_form`, which switches to eval mode first and says so.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Optional
 
 import torch
@@ -51,5 +52,4 @@ def to_deploy_form(model: nn.Module, sample: Optional[torch.Tensor] = None,
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:
-    import copy
     return copy.deepcopy(model).eval()

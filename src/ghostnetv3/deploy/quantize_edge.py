@@ -2,42 +2,31 @@
 
 ExecuTorch and LiteRT go through their PT2E quantizers (symmetric int8 activations, per-channel
 weights by default, histogram activation observer; `--calib-method minmax` swaps the observer),
-OpenVINO through NNCF. Calibration and evaluation images come from the data layer exactly as in
-`quantize.py` (the training run's split and eval transform). fp32 and INT8 files are both written,
-with their `.json` sidecars, after every check has passed.
+OpenVINO through NNCF (backends/). Calibration and evaluation images come from the data layer
+exactly as in `quantize.py` (scoring.py: the training run's split and eval transform). fp32 and
+INT8 files are both written, with their `.json` sidecars, after every check has passed.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ghostnetv3.deploy.edge import (EDGE_FORMATS, OBSERVERS, edge_runner, export_edge, export_edge_int8,
-                                    file_size, output_files)
-from ghostnetv3.deploy.quantize import commit, eval_batches, output_dir, scored_batches, staging, top1_of
+from ghostnetv3.deploy.backends import EDGE_FORMATS, backend_for
+from ghostnetv3.deploy.contract import export_metadata
+from ghostnetv3.deploy.export import ExportMismatchError
+from ghostnetv3.deploy.files import commit, file_size, output_dir, output_files, staging
+from ghostnetv3.deploy.load import load_for_deploy
+from ghostnetv3.deploy.prepare import to_deploy_form
+from ghostnetv3.deploy.pt2e import OBSERVERS
+from ghostnetv3.deploy.runner import open_runner
+from ghostnetv3.deploy.scoring import eval_batches, scored_batches, top1_of
 from ghostnetv3.deploy.steps import step
 from ghostnetv3.paths import check_writable
 
-__all__ = ["quantize_edge", "runner_top1"]
-
-
-def runner_top1(runners: Sequence[Callable[[np.ndarray], np.ndarray]], batches, fixed_batch: int
-                ) -> tuple[list[float], int]:
-    """([top-1 % of each runner], images) in one pass; runners take exactly `fixed_batch` images
-    (a ragged last chunk is zero-padded and its padding ignored)."""
-    return top1_of([lambda x, run=run: _run_fixed(run, x, fixed_batch) for run in runners], batches)
-
-
-def _run_fixed(run, x: np.ndarray, size: int) -> np.ndarray:
-    outs = []
-    for i in range(0, len(x), size):
-        c = x[i:i + size]
-        if len(c) < size:
-            c = np.concatenate([c, np.zeros((size - len(c),) + c.shape[1:], c.dtype)])
-        outs.append(run(c))
-    return np.concatenate(outs)[:len(x)]
+__all__ = ["quantize_edge"]
 
 
 def _max_diff(run, reference: torch.nn.Module, input_size, batch: int, seed: int = 0) -> float:
@@ -57,6 +46,38 @@ def _int8_diffs(int8_run, reference: Optional[torch.nn.Module], fused: torch.nn.
     return out
 
 
+def _check_request(source: Path, fmt: str, observer: str, output: Optional[str]) -> tuple[Path, Path, Path]:
+    """The refusals that need neither model nor data: (output folder, fp32 file, INT8 file)."""
+    if fmt not in EDGE_FORMATS:
+        raise ValueError(f"unknown on-device format '{fmt}': use one of {', '.join(EDGE_FORMATS)}")
+    if observer not in OBSERVERS:
+        raise ValueError(f"--calib-method '{observer}' is not a {fmt} observer: use one of {', '.join(OBSERVERS)}")
+    if source.suffix in (".onnx", *EDGE_FORMATS.values()):
+        raise ValueError(f"{source}: {fmt} INT8 quantizes the PyTorch model; pass its run directory or "
+                         f"checkpoint (or use --format onnx for an ONNX file)")
+    suffix = EDGE_FORMATS[fmt]
+    out_dir = output_dir(source, output)
+    int8_path = Path(output) if output else out_dir / f"model_int8{suffix}"
+    if int8_path.suffix != suffix:
+        raise ValueError(f"--output {int8_path}: {fmt} files end in {suffix}")
+    check_writable(int8_path)
+    return out_dir, out_dir / f"model_fp32{suffix}", int8_path
+
+
+def _export_fp32(fused, work: Path, fmt: str, size, batch_size: int, meta: dict, tolerance: float,
+                 log: Callable[[str], None]) -> tuple[Callable, float]:
+    """Write the fp32 file and check it against PyTorch in its runtime: (its runner, max |diff|)."""
+    with step(log, f"writing fp32 {fmt} and checking it in its runtime"):
+        backend_for(fmt).export(fused, work, size, batch_size, meta=meta)
+        run = open_runner(work, fmt)
+        diff = _max_diff(run, fused, size, batch_size)
+    if not diff <= tolerance:
+        raise ExportMismatchError(f"{fmt} fp32 output differs from PyTorch: max |diff| = {diff:.3g} > "
+                                  f"tolerance {tolerance:g} (nothing written)", diff)
+    log(f"exported fp32 {fmt} (max |{fmt} - torch| = {diff:.2g})")
+    return run, diff
+
+
 def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 512,
                   eval_data: Optional[str] = None, eval_size: Optional[int] = None,
                   calib_split: str = "train", eval_split: str = "val", output: Optional[str] = None,
@@ -67,23 +88,7 @@ def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 
                   model: Optional[str] = None) -> dict[str, Any]:
     """RUN_DIR | CHECKPOINT | MODEL_NAME -> fp32 and INT8 `fmt` files + fp32 vs INT8 top-1.
     `model`: the architecture of a checkpoint that does not say."""
-    from ghostnetv3.deploy.export import ExportMismatchError, _metadata
-    from ghostnetv3.deploy.load import load_for_deploy
-    from ghostnetv3.deploy.prepare import to_deploy_form
-    if fmt not in EDGE_FORMATS:
-        raise ValueError(f"unknown on-device format '{fmt}': use one of {', '.join(EDGE_FORMATS)}")
-    if observer not in OBSERVERS:
-        raise ValueError(f"--calib-method '{observer}' is not a {fmt} observer: use one of {', '.join(OBSERVERS)}")
-    if source.suffix in (".onnx", *EDGE_FORMATS.values()):
-        raise ValueError(f"{source}: {fmt} INT8 quantizes the PyTorch model; pass its run directory or "
-                         f"checkpoint (or use --format onnx for an ONNX file)")
-    suffix = EDGE_FORMATS[fmt]
-    out_dir = output_dir(source, output)
-    fp32_path = out_dir / f"model_fp32{suffix}"
-    int8_path = Path(output) if output else out_dir / f"model_int8{suffix}"
-    if int8_path.suffix != suffix:
-        raise ValueError(f"--output {int8_path}: {fmt} files end in {suffix}")
-    check_writable(int8_path)
+    out_dir, fp32_path, int8_path = _check_request(source, fmt, observer, output)
     net, cfg = load_for_deploy(str(source), weights=weights, checkpoint=checkpoint, model=model)
     log(f"{cfg['model']}: {cfg.get('weights_from', cfg['weights'] + ' weights')}")
     if input_size:
@@ -97,35 +102,27 @@ def quantize_edge(source: Path, calib_data: str, fmt: str, *, calib_size: int = 
         eval_iter, _, eval_which = scored_batches(eval_name, eval_split, cfg, eval_size)
 
     fused, _ = to_deploy_form(net, log=log)
-    meta = _metadata(cfg)
+    meta = export_metadata(cfg)
     report: dict[str, Any] = {"source": str(source), "format": fmt, "fp32_file": str(fp32_path),
                               "int8_file": str(int8_path), "calib_data": f"{calib_data}:{calib_split}",
                               "input_shape": [batch_size, *size]}
     with staging(out_dir) as stage:
         fp32_work, int8_work = stage / fp32_path.name, stage / ("int8_" + int8_path.name)
-        with step(log, f"writing fp32 {fmt} and checking it in its runtime"):
-            export_edge(fused, fp32_work, fmt, size, batch_size, meta=meta)
-            fp32_run = edge_runner(fp32_work, fmt)
-            diff = _max_diff(fp32_run, fused, size, batch_size)
-        if not diff <= tolerance:
-            raise ExportMismatchError(f"{fmt} fp32 output differs from PyTorch: max |diff| = {diff:.3g} > "
-                                      f"tolerance {tolerance:g} (nothing written)", diff)
-        log(f"exported fp32 {fmt} (max |{fmt} - torch| = {diff:.2g})")
+        fp32_run, diff = _export_fp32(fused, fp32_work, fmt, size, batch_size, meta, tolerance, log)
         with step(log, f"quantizing INT8 {fmt}: calibrating on {n_calib} images of {calib_data}:{calib_split} "
                        f"({observer} observer, {'per-channel' if per_channel else 'per-tensor'} weights), "
                        f"then lowering"):
-            _, info, reference = export_edge_int8(fused, int8_work, fmt, size, (x for x, _ in calib),
-                                                  batch_size, per_channel, observer, meta=meta)
-            int8_run = edge_runner(int8_work, fmt)
+            _, info, reference = backend_for(fmt).export_int8(fused, int8_work, size, (x for x, _ in calib),
+                                                              batch_size, per_channel, observer, meta=meta)
+            int8_run = open_runner(int8_work, fmt)
         report.update(info, fp32_max_diff=diff, fp32_size_bytes=file_size(fp32_work, fmt),
-                      int8_size_bytes=file_size(int8_work, fmt), **_int8_diffs(int8_run, reference, fused, size,
-                                                                               batch_size))
+                      int8_size_bytes=file_size(int8_work, fmt),
+                      **_int8_diffs(int8_run, reference, fused, size, batch_size))
         if evaluate:
             with step(log, f"scoring fp32 and INT8 {fmt} on {eval_which}"):
-                (fp32_top1, int8_top1), n = runner_top1([fp32_run, int8_run], eval_iter, batch_size)
+                (fp32_top1, int8_top1), n = top1_of([fp32_run, int8_run], eval_iter)
             report.update(eval_data=f"{eval_name}:{eval_split}", eval_images=n, eval_subset=eval_which,
-                          fp32_top1=fp32_top1,
-                          int8_top1=int8_top1, top1_drop=fp32_top1 - int8_top1)
+                          fp32_top1=fp32_top1, int8_top1=int8_top1, top1_drop=fp32_top1 - int8_top1)
         del fp32_run, int8_run  # OpenVINO keeps the .bin mapped; let go before moving it
         commit(list(zip(output_files(fp32_work, fmt), output_files(fp32_path, fmt)))
                + list(zip(output_files(int8_work, fmt), output_files(int8_path, fmt))))

@@ -21,7 +21,10 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
+
+from ghostnetv3 import data as image_data  # called through the module: tests spy on load_dataset
 
 BUNDLED = "fashion-detect"
 # canvases in each split of the bundled set (train_subset / val_subset take fewer)
@@ -68,14 +71,12 @@ class DetectionSet:
 def build_fashion_detection(split: str, n_images: Optional[int] = None, canvas: int = 96,
                             seed: int = 0) -> DetectionSet:
     """Canvases of `canvas` px with 2-5 real Fashion-MNIST objects each (seeded)."""
-    from ghostnetv3.data import load_dataset
-
     if split not in BUNDLED_SIZES:
         raise ValueError(f"split {split!r}: use train or val")
     if canvas < 64:
         raise ValueError(f"canvas {canvas} px is too small for 2-5 objects of 22-45 px; use --img-size >= 64")
     n = BUNDLED_SIZES[split] if n_images is None else int(n_images)
-    src = load_dataset("fashion-mnist", split="train" if split == "train" else "test")
+    src = image_data.load_dataset("fashion-mnist", split="train" if split == "train" else "test")
     # one stream per split, so the val set does not change when the train size does
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     images = torch.zeros(n, 1, canvas, canvas, dtype=torch.uint8)
@@ -129,10 +130,50 @@ def read_coco(json_path: str | Path, image_size: int, *, image_dir: Optional[str
     scaled alike). Returns the set and the COCO category ids in label order (label k is
     category_ids[k - 1]); pass them back as `category_ids` to read a val split with the same labels.
     """
-    from PIL import Image
-
     json_path = Path(json_path)
     image_dir = Path(image_dir) if image_dir is not None else json_path.parent
+    coco = _read_coco_json(json_path)
+    cats = _coco_categories(coco, json_path)
+    if category_ids is None:
+        category_ids = sorted(cats)
+        classes = [cats[c] for c in category_ids]
+    label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
+    if not label_of:
+        raise ValueError(f"{json_path}: 'categories' is empty; a detector needs at least one class")
+    images_meta, anns = _coco_annotations(coco, json_path, label_of)
+    mode = {1: "L", 3: "RGB", None: "RGB"}.get(in_chans)
+    if mode is None:
+        raise ValueError(f"in_chans {in_chans}: COCO images are read as 1 (gray) or 3 (RGB) channels")
+    counts = {"clipped": 0, "dropped_degenerate": 0, "empty_images": 0}
+    out_images, out_boxes, out_labels, skipped = [], [], [], []
+    for img_id, im in images_meta.items():
+        path = image_dir / im["file_name"]
+        try:
+            arr, (w, h), scale = _decode_scaled(path, mode, image_size)
+        except (OSError, ValueError) as e:
+            if on_bad_image == "skip":
+                skipped.append(str(path))
+                continue
+            raise ValueError(f"cannot read image {path} ({e.__class__.__name__}: {e}); fix it or pass "
+                             f"--on-bad-image skip") from None
+        boxes, labels = _scaled_boxes(anns[img_id], (w, h), scale, label_of, counts)
+        if not boxes:
+            counts["empty_images"] += 1
+        out_images.append(_pad_square(arr, image_size))
+        out_boxes.append(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        out_labels.append(torch.tensor(labels, dtype=torch.int64))
+    if not out_images:
+        raise ValueError(f"{json_path}: no readable images" + (f" ({len(skipped)} skipped)" if skipped else ""))
+    if counts["clipped"] or counts["dropped_degenerate"]:
+        log(f"note: {json_path}: {counts['clipped']} boxes clipped to the image, "
+            f"{counts['dropped_degenerate']} zero-area boxes dropped")
+    ds = DetectionSet(torch.stack(out_images), out_boxes, out_labels, list(classes), str(json_path),
+                      skipped, counts)
+    return ds, list(category_ids)
+
+
+def _read_coco_json(json_path: Path) -> dict:
+    """The parsed annotation file, with its three COCO lists checked to be there."""
     if not json_path.is_file():
         raise FileNotFoundError(f"no COCO annotation file {json_path}; expected instances.json next to the images")
     try:
@@ -142,18 +183,22 @@ def read_coco(json_path: str | Path, image_size: int, *, image_dir: Optional[str
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise ValueError(f"{json_path}: missing the COCO list '{key}'")
+    return coco
+
+
+def _coco_categories(coco: dict, json_path: Path) -> dict[int, str]:
+    """{category id: name} of the file's categories."""
     cats = {}
     for c in coco["categories"]:
         if "id" not in c:
             raise ValueError(f"{json_path}: a category has no 'id': {c}")
         cats[int(c["id"])] = str(c.get("name", c["id"]))
-    if category_ids is None:
-        category_ids = sorted(cats)
-        classes = [cats[c] for c in category_ids]
-    label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
-    if not label_of:
-        raise ValueError(f"{json_path}: 'categories' is empty; a detector needs at least one class")
+    return cats
 
+
+def _coco_annotations(coco: dict, json_path: Path, label_of: dict[int, int]) -> tuple[dict, dict]:
+    """({image id: image entry}, {image id: [annotation]}), every entry checked; a wrong one is refused
+    naming the file, the annotation and its image."""
     images_meta = {}
     for im in coco["images"]:
         if "id" not in im or "file_name" not in im:
@@ -175,56 +220,47 @@ def read_coco(json_path: str | Path, image_size: int, *, image_dir: Optional[str
             raise ValueError(f"{json_path}: annotation {a.get('id')} of '{im['file_name']}' has bbox {bbox!r}; "
                              f"COCO boxes are [x, y, width, height] numbers")
         anns[im["id"]].append(a)
+    return images_meta, anns
 
-    mode = {1: "L", 3: "RGB", None: "RGB"}.get(in_chans)
-    if mode is None:
-        raise ValueError(f"in_chans {in_chans}: COCO images are read as 1 (gray) or 3 (RGB) channels")
-    chans = 1 if mode == "L" else 3
-    counts = {"clipped": 0, "dropped_degenerate": 0, "empty_images": 0}
-    out_images, out_boxes, out_labels, skipped = [], [], [], []
-    for img_id, im in images_meta.items():
-        path = image_dir / im["file_name"]
-        try:
-            with Image.open(path) as pil:
-                pil = pil.convert(mode)
-                w, h = pil.size
-                scale = image_size / max(w, h)
-                nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-                pil = pil.resize((nw, nh), Image.BILINEAR)
-                arr = np.asarray(pil, dtype=np.uint8).reshape(nh, nw, chans)
-        except (OSError, ValueError) as e:
-            if on_bad_image == "skip":
-                skipped.append(str(path))
-                continue
-            raise ValueError(f"cannot read image {path} ({e.__class__.__name__}: {e}); fix it or pass "
-                             f"--on-bad-image skip") from None
-        canvas = torch.zeros(chans, image_size, image_size, dtype=torch.uint8)
-        canvas[:, :nh, :nw] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-        boxes, labels = [], []
-        for a in anns[img_id]:
-            x, y, bw, bh = (float(v) for v in a["bbox"])
-            x1, y1, x2, y2 = x, y, x + bw, y + bh
-            cx1, cy1, cx2, cy2 = min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)
-            if cx2 - cx1 < 1e-3 or cy2 - cy1 < 1e-3:
-                counts["dropped_degenerate"] += 1
-                continue
-            if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-                counts["clipped"] += 1
-            boxes.append([cx1 * scale, cy1 * scale, cx2 * scale, cy2 * scale])
-            labels.append(label_of[a["category_id"]])
-        if not boxes:
-            counts["empty_images"] += 1
-        out_images.append(canvas)
-        out_boxes.append(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        out_labels.append(torch.tensor(labels, dtype=torch.int64))
-    if not out_images:
-        raise ValueError(f"{json_path}: no readable images" + (f" ({len(skipped)} skipped)" if skipped else ""))
-    if counts["clipped"] or counts["dropped_degenerate"]:
-        log(f"note: {json_path}: {counts['clipped']} boxes clipped to the image, "
-            f"{counts['dropped_degenerate']} zero-area boxes dropped")
-    ds = DetectionSet(torch.stack(out_images), out_boxes, out_labels, list(classes), str(json_path),
-                      skipped, counts)
-    return ds, list(category_ids)
+
+def _decode_scaled(path: Path, mode: str, image_size: int) -> tuple[np.ndarray, tuple[int, int], float]:
+    """(uint8 HxWxC with the longer side `image_size`, the original (width, height), the scale)."""
+    with Image.open(path) as pil:
+        pil = pil.convert(mode)
+        w, h = pil.size
+        scale = image_size / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        pil = pil.resize((nw, nh), Image.BILINEAR)
+        arr = np.asarray(pil, dtype=np.uint8).reshape(nh, nw, 1 if mode == "L" else 3)
+    return arr, (w, h), scale
+
+
+def _pad_square(arr: np.ndarray, image_size: int) -> Tensor:
+    """uint8 CHW `image_size` square with the image at the top left, zeros at the bottom/right."""
+    nh, nw, chans = arr.shape
+    canvas = torch.zeros(chans, image_size, image_size, dtype=torch.uint8)
+    canvas[:, :nh, :nw] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return canvas
+
+
+def _scaled_boxes(anns: list[dict], size: tuple[int, int], scale: float, label_of: dict[int, int],
+                  counts: dict[str, int]) -> tuple[list[list[float]], list[int]]:
+    """One image's boxes (x1 y1 x2 y2, clipped to the image, then scaled) and labels; zero-area boxes
+    dropped. Clipped and dropped boxes are counted in `counts`."""
+    w, h = size
+    boxes, labels = [], []
+    for a in anns:
+        x, y, bw, bh = (float(v) for v in a["bbox"])
+        x1, y1, x2, y2 = x, y, x + bw, y + bh
+        cx1, cy1, cx2, cy2 = min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)
+        if cx2 - cx1 < 1e-3 or cy2 - cy1 < 1e-3:
+            counts["dropped_degenerate"] += 1
+            continue
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            counts["clipped"] += 1
+        boxes.append([cx1 * scale, cy1 * scale, cx2 * scale, cy2 * scale])
+        labels.append(label_of[a["category_id"]])
+    return boxes, labels
 
 
 def load_detection_dataset(name_or_path: str, *, image_size: int, seed: int = 0, val_fraction: float = 0.1,

@@ -8,23 +8,26 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from ghostnetv3.deploy.bench import summarize, time_interleaved
+from ghostnetv3.deploy.export import ExportMismatchError, export_model
+from ghostnetv3.engine import checkpoint as ckpt_io
+from ghostnetv3.engine.config import TrainConfig
+from ghostnetv3.engine.run import Run
+from ghostnetv3.rep import RepConv2d, reparameterize
+
 from .model import DenseOutputs
 from .task import DetectionTask
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, Any]:
-    """(checkpoint dict, TrainConfig) of a detection run: its best.pt, else last.pt, or a file."""
-    from ghostnetv3.engine import checkpoint as ckpt_io
-    from ghostnetv3.engine.config import from_checkpoint_dict
-
-    p = Path(run_dir)
-    path = p / ckpt_io.BEST if (p / ckpt_io.BEST).is_file() else ckpt_io.find_checkpoint(p)
-    state = ckpt_io.load(path)
-    if "config" not in state or "state_dict" not in state:
+    """(checkpoint dict, TrainConfig) of a detection run: its best.pt, else last.pt, or a file (engine.run)."""
+    run = Run(run_dir)
+    path, state = run.checkpoint_path, run.state
+    if not isinstance(state, dict) or ckpt_io.CONFIG_KEY not in state or ckpt_io.RAW_KEY not in state:
         raise ValueError(f"{path} is not a ghostnetv3 run checkpoint (no config/state_dict)")
-    if not any(k.startswith("head.classification_head") for k in state["state_dict"]):
+    if not any(k.startswith("head.classification_head") for k in state[ckpt_io.RAW_KEY]):
         raise ValueError(f"{path} holds a classification model, not a detector; use `ghostnetv3 eval`")
-    return state, from_checkpoint_dict(state["config"])
+    return state, run.config
 
 
 def build_from_state(state: dict, cfg, weights: str = "raw") -> nn.Module:
@@ -38,15 +41,12 @@ def build_from_state(state: dict, cfg, weights: str = "raw") -> nn.Module:
 
 
 def fuse_detector(model: nn.Module) -> nn.Module:
-    from ghostnetv3.rep import reparameterize
     return reparameterize(model.eval(), inplace=False).eval()
 
 
 @torch.no_grad()
 def fusion_diff(model: nn.Module, fused: nn.Module, x: torch.Tensor) -> float:
     """Max |unfused - fused| of the detector's dense head outputs (eval mode) on `x`."""
-    from ghostnetv3.rep.conv import RepConv2d
-
     reps = [m for m in model.modules() if isinstance(m, RepConv2d)]
     fast = [m.exact_fast_path for m in reps]
     try:
@@ -99,8 +99,6 @@ def export_run(run_dir: str | Path, output: str | Path, *, weights: Optional[str
     """Fuse the run's detector, check fused vs unfused dense outputs, export them (ONNX or
     TorchScript by the file suffix) and check the file against PyTorch. Raises
     ExportMismatchError beyond `tolerance` (either check)."""
-    from ghostnetv3.deploy.export import ExportMismatchError, export_model
-
     out = Path(output)
     fmt = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript"}.get(out.suffix)
     if fmt is None:
@@ -130,9 +128,6 @@ def bench_detector(spec: str, *, img_size: Optional[int] = None, batch_size: int
                    repeats: int = 20, warmup: int = 3, num_classes: int = 10, in_chans: int = 1) -> dict[str, Any]:
     """Latency of the whole detector (backbone, FPN, head, decoding, NMS), train form vs fused.
     `spec`: a run directory, or a backbone name for random weights."""
-    from ghostnetv3.deploy.bench import summarize, time_interleaved
-    from ghostnetv3.engine.config import TrainConfig
-
     if threads:
         torch.set_num_threads(threads)
     if Path(spec).exists():

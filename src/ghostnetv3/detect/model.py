@@ -11,6 +11,12 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.ops import FeaturePyramidNetwork
+
+from ghostnetv3.models import create_model, is_ours, load_checkpoint
 
 OUT_INDICES = (2, 3, 4)  # feature_info entries at strides 8, 16, 32 (stem stride 2)
 FPN_CHANNELS = 64        # small on purpose: the bundled set is 96 px gray canvases on a CPU
@@ -23,8 +29,6 @@ class GhostNetFPN(nn.Module):
 
     def __init__(self, body: nn.Module, out_channels: int = FPN_CHANNELS):
         super().__init__()
-        from torchvision.ops import FeaturePyramidNetwork
-
         self.body = body
         in_chs = [body.feature_info[i]["num_chs"] for i in body.out_indices]
         self.fpn = FeaturePyramidNetwork(in_chs, out_channels)
@@ -41,12 +45,6 @@ def build_detector(model_name: str, num_classes: int, in_chans: int, *, image_si
                    init_checkpoint: Optional[str] = None, mean: Optional[Sequence[float]] = None,
                    std: Optional[Sequence[float]] = None) -> nn.Module:
     """FCOS with a GhostNet backbone for `num_classes` object classes (labels 1..num_classes)."""
-    from torchvision.models.detection import FCOS
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.fcos import FCOSHead
-
-    from ghostnetv3.models import create_model, is_ours
-
     if not is_ours(model_name):  # ghostnetv3_100 or timm's gnv3_100
         raise ValueError(f"detection backbones are ghostnetv3_* / ghostnetv2_* models, not '{model_name}'")
     knobs = {"width": width, "num_conv_branches": num_conv_branches, "scale_branch": scale_branch,
@@ -54,7 +52,6 @@ def build_detector(model_name: str, num_classes: int, in_chans: int, *, image_si
     body = create_model(model_name, num_classes=0, in_chans=in_chans, features_only=True,
                         out_indices=OUT_INDICES, **{k: v for k, v in knobs.items() if v is not None})
     if init_checkpoint:  # a classification run's weights; its classifier is not used here
-        from ghostnetv3.models import load_checkpoint
         load_checkpoint(body, init_checkpoint, use_ema=True, reset_head=True, strict=False)
     backbone = GhostNetFPN(body)
     strides = [body.feature_info[i]["reduction"] for i in OUT_INDICES]

@@ -1,7 +1,8 @@
 """`DetectionTask`: what `engine.train.train(cfg, task=...)` needs to train a detector.
 
 The engine keeps everything that is not specific to detection — optimizer, schedule, EMA,
-checkpoints, exact resume, DDP, signals, logging; the task supplies data, model, loss and metric.
+checkpoints, exact resume, DDP, signals, logging; the task supplies data, model, loss and metric
+(the protocol of `ghostnetv3.engine.task.Task`, as `ClassificationTask` does for classifiers).
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ghostnetv3.data import ImageSet, InMemoryLoader
+from ghostnetv3.engine.distributed import autocast
+from ghostnetv3.engine.task import Task
 from ghostnetv3.errors import UserError
 
 from .data import DetectionSet, load_detection_dataset
@@ -34,8 +38,6 @@ class DetectionLoader:
     def __init__(self, ds: DetectionSet, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
                  rank: int = 0, world_size: int = 1, device="cpu", hflip: float = 0.0,
                  channels_last: bool = False, prefetch: bool = False):
-        from ghostnetv3.data import ImageSet, InMemoryLoader
-
         index_set = ImageSet(ds.images, torch.arange(len(ds)), list(ds.classes), ds.name)
         self.inner = InMemoryLoader(index_set, batch_size, None, shuffle=shuffle, drop_last=drop_last,
                                     seed=seed, rank=rank, world_size=world_size, device=device,
@@ -71,7 +73,7 @@ class DetectionLoader:
         return self.iter_from(0)
 
 
-class DetectionTask:
+class DetectionTask(Task):
     """Train/evaluate a GhostNet-backbone FCOS on a DetectionSet through the classification engine."""
 
     name = "detection"
@@ -105,14 +107,12 @@ class DetectionTask:
         return DetectionLoader(val_set, max(cfg.batch_size or 0, 64), shuffle=False, drop_last=False,
                                seed=cfg.seed, device=device, channels_last=cfg.channels_last)
 
-    def loss(self, model: nn.Module, batch: DetBatch) -> Tensor:
+    def loss(self, model: nn.Module, batch: DetBatch) -> tuple[Tensor, dict[str, Tensor]]:
         losses = model(list(batch.images), batch.targets)
-        return sum(losses.values())
+        return sum(losses.values()), {}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DetectionLoader, device, amp: str = "none") -> dict[str, float]:
-        from ghostnetv3.engine.train import autocast
-
         model.eval()
         detections = []
         for batch in loader:
@@ -126,8 +126,8 @@ class DetectionTask:
 def coco_map(ds: DetectionSet, detections: list) -> dict[str, float]:
     """COCO mAP@[.5:.95] and mAP@.5 (%, pycocotools) of `detections` [(index, boxes, scores, labels)]."""
     try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+        from pycocotools.coco import COCO  # lazy: pycocotools is an optional extra ([detect])
+        from pycocotools.cocoeval import COCOeval  # lazy: pycocotools is an optional extra ([detect])
     except ImportError:
         raise UserError("detection metrics need pycocotools: pip install 'ghostnetv3[detect]'") from None
     if len(ds) == 0:

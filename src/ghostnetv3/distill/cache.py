@@ -31,6 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
+
+from ghostnetv3.data.rng import counter_uniform
 
 from .losses import TeacherOutput
 
@@ -83,8 +86,6 @@ def view_fn_for(seed: int, views: int) -> Callable[[Tensor, int], Tensor]:
     so no view is wasted (picking uniformly at random would leave about a third unused after
     K epochs). A pure function of (seed, index, epoch): resuming replays the same views.
     """
-    from ghostnetv3.data.rng import counter_uniform
-
     def view_fn(indices: Tensor, epoch: int) -> Tensor:
         idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1).cpu()
         if views == 1:
@@ -241,8 +242,6 @@ def build_cache(teacher, train_set, augment, views: int, path: str | os.PathLike
     View v of sample i is `augment(images[i], i, key=v)`: the student replays it with the same key.
     The file is written under a temporary name and renamed when complete.
     """
-    from tqdm import tqdm
-
     if views < 1:
         raise ValueError(f"views must be at least 1, got {views}")
     n, c = len(train_set), int(teacher.num_classes)

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 
 def add_parser(subparsers) -> None:
 
@@ -65,11 +67,10 @@ _CACHE_KEYS = _cache_keys()
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    import torch
 
     from ghostnetv3.data import BatchAugment
     from ghostnetv3.engine.cli import apply_threads, config_from_args
-    from ghostnetv3.engine.train import aug_config, load_datasets
+    from ghostnetv3.engine.datasets import aug_config, load_datasets
 
     from .cache import TeacherCache, build_cache, size_on_disk
     from .teachers import create_teacher
@@ -132,7 +133,6 @@ def _default_path(cfg, teacher, train_set, views: int) -> Path:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
 
     from .teachers import WHEEL_TEACHERS, wheel_state_dict
 

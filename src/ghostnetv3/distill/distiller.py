@@ -8,14 +8,15 @@ Two sources of teacher targets, one loss:
 from __future__ import annotations
 
 import abc
-
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cache import TeacherCache
 from .losses import KD_LOSSES, TeacherOutput, kd_loss
+from .teachers import create_teacher
 
 __all__ = ["Distiller", "OnlineDistiller", "CachedDistiller", "build_distiller"]
 
@@ -90,7 +91,6 @@ def build_distiller(cfg, train_set, augment, device) -> Distiller:
         if getattr(cfg, "aa", None):
             raise ValueError("--teacher-cache replays views of the batched augmentation; --aa (RandAugment) "
                              "takes another path. Drop --aa, or distill online with --teacher")
-        from .cache import TeacherCache
         cache = TeacherCache(cfg.teacher_cache)
         teacher = None
         if cfg.teacher:  # named too: it must be the teacher the cache was built with
@@ -105,7 +105,6 @@ def build_distiller(cfg, train_set, augment, device) -> Distiller:
 
 
 def _teacher(cfg, num_classes: int, device):
-    from .teachers import create_teacher
     amp = cfg.amp if getattr(cfg, "amp", "none") != "none" else None  # None: bf16/fp16 on CUDA, fp32 on CPU
     return create_teacher(cfg.teacher, num_classes=num_classes, checkpoint=cfg.teacher_checkpoint, device=device,
                           pretrained=cfg.teacher_pretrained, input_size=cfg.teacher_input_size, amp=amp)

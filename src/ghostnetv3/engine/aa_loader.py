@@ -13,11 +13,11 @@ import torch
 from ghostnetv3.data import TimmTransformDataset, timm_transform
 from ghostnetv3.data.stream import PerSampleLoader, SeededTransformDataset
 
+from .datasets import aug_config
+
 
 class AALoader(PerSampleLoader):
     def __init__(self, cfg, train_set, in_chans: int, d, device: torch.device):
-        from .train import aug_config
-
         images = TimmTransformDataset(train_set, None, in_chans)  # index -> (PIL image, label)
         transform = timm_transform(aug_config(cfg, in_chans, train=True), auto_augment=cfg.aa)
         super().__init__(SeededTransformDataset(images.__getitem__, transform, seed=cfg.seed, in_chans=in_chans),

@@ -25,11 +25,30 @@ import yaml
 from ghostnetv3 import safeload
 from ghostnetv3.errors import SaveError
 
-LAST = "last.pt"
-BEST = "best.pt"
-# keys that say how to run, not what to compute (a config.yaml may differ in them from the checkpoint)
+# ---- the run directory's format, in one place: engine/state.py writes it, engine/run.py reads it ----
+# its files
+LAST = "last.pt"                # everything `--resume` needs (TRAIN_FORMAT)
+BEST = "best.pt"                # the weights the validation picked, with their metrics (WEIGHTS_FORMAT)
+CONFIG_FILE = "config.yaml"     # the config as asked, for people (the checkpoint's own copy is the truth)
+PLAN_FILE = "plan.json"         # the schedule the run planned (plan.RunPlan)
+METRICS_FILE = "metrics.jsonl"  # one JSON record per logged step and per epoch
+TRAIN_FORMAT = "ghostnetv3-train/1"
+WEIGHTS_FORMAT = "ghostnetv3-weights/1"
+# the keys both checkpoint files hold: what the run is, and its weights
+FORMAT_KEY = "format"
+MODEL_NAME_KEY = "model_name"
+NUM_CLASSES_KEY = "num_classes"
+IN_CHANS_KEY = "in_chans"
+CLASSES_KEY = "classes"         # class names, label i = classes[i]
+CONFIG_KEY = "config"           # TrainConfig.to_dict() as asked (engine.config.from_checkpoint_dict reads it)
+PLAN_KEY = "plan"               # RunPlan.to_dict()
+RAW_KEY = "state_dict"          # the raw weights
+EMA_KEY = "state_dict_ema"      # the EMA weights (None without EMA)
+BEST_SOURCE_KEY = "best_source"  # 'raw' | 'ema': the weights the validation picked
+# keys that say how to run, not what to compute: a config.yaml may differ in them from the checkpoint,
+# and a resume that changes them stays exact
 RUN_KEYS = frozenset({"resume", "output", "experiment", "log_interval", "checkpoint_interval", "workers",
-                      "device", "threads"})
+                      "device", "threads", "log_tensorboard", "log_wandb"})
 
 
 def _write(obj: Any, f) -> None:
@@ -164,7 +183,7 @@ def clean_unfinished_run(run_dir: str | os.PathLike) -> list[str]:
     if (run_dir / LAST).exists():
         return []
     removed = [p.name for p in clean_stale_temp_files(run_dir)]
-    for name in ("metrics.jsonl", "metrics.tmp", "config.yaml"):
+    for name in (METRICS_FILE, "metrics.tmp", CONFIG_FILE):
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             removed.append(name)
@@ -218,7 +237,7 @@ def config_file_edits(run_dir: str | os.PathLike, saved: dict[str, Any]) -> dict
     """Keys where RUN_DIR/config.yaml differs from the config saved in a checkpoint:
     {key: (checkpoint's value, config.yaml's value)}. The checkpoint's config is the truth in every
     command; config.yaml is its human-readable copy, so an edit there is reported, never used."""
-    f = Path(run_dir) / "config.yaml"
+    f = Path(run_dir) / CONFIG_FILE
     if not f.is_file():
         return {}
     try:
@@ -254,15 +273,16 @@ def _resume_change(key: str, old: Any, new: Any) -> str:
 
 
 def report_config_edits(run_dir: str | os.PathLike, saved: dict[str, Any], checkpoint: str | os.PathLike,
-                        advice: str = "") -> dict[str, tuple[Any, Any]]:
+                        advice: str = "", later_config: Optional[dict[str, Any]] = None) -> dict[str, tuple[Any, Any]]:
     """Print one note when config.yaml differs from the config inside `checkpoint`: either the run was
     resumed with changed keys after `checkpoint` was saved (a best.pt from before `--resume --epochs N`
-    extended the run: last.pt agrees with config.yaml), or config.yaml was edited by hand."""
+    extended the run: last.pt agrees with config.yaml), or config.yaml was edited by hand.
+    `later_config`: last.pt's config when the caller has read it already (else it is memory-mapped)."""
     edits = config_file_edits(run_dir, saved)
     if not edits:
         return edits
     run_dir, checkpoint = Path(run_dir), Path(checkpoint)
-    later = _config_of_last(run_dir, checkpoint) or {}
+    later = (later_config if later_config is not None else _config_of_last(run_dir, checkpoint)) or {}
     resumed = {k: ab for k, ab in edits.items() if k in later and _same(later[k], ab[1])}
     if resumed:
         print(f"note: {checkpoint} was saved before the run was resumed with "
@@ -271,7 +291,7 @@ def report_config_edits(run_dir: str | os.PathLike, saved: dict[str, Any], check
               f"config is used for its weights", file=sys.stderr, flush=True)
     edited = {k: ab for k, ab in edits.items() if k not in resumed}
     if edited:
-        print(f"note: {run_dir / 'config.yaml'} differs from the config inside {checkpoint} ("
+        print(f"note: {run_dir / CONFIG_FILE} differs from the config inside {checkpoint} ("
               + ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} in config.yaml" for k, (a, b) in edited.items())
               + "); the checkpoint's config is used" + (f" — {advice}" if advice else ""),
               file=sys.stderr, flush=True)

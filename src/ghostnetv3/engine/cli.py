@@ -8,15 +8,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-
-from ghostnetv3.models.weights import add_weights_flags
 
 from . import checkpoint as ckpt_io
 from . import config as C
 from . import flags as F
 from . import rundir
+from .weights import add_weights_flags
+
+if TYPE_CHECKING:
+    from .run import Run
 
 
 def _suggest(flag: str, options: list[str]) -> str | None:
@@ -113,7 +116,6 @@ def _metavar(name: str) -> str:
 
 
 def _bare_amp() -> str:
-    import torch
     return "fp16" if torch.cuda.is_available() else "bf16"
 
 
@@ -247,14 +249,27 @@ def add_parser(subparsers) -> None:
     pl.set_defaults(func=_cmd_plot)
 
 
-def config_from_args(args: argparse.Namespace) -> C.TrainConfig:
+def _overrides(args: argparse.Namespace) -> dict:
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("key_")}
-    overrides = {k: (v if not isinstance(v, list) else v if len(v) > 1 else v[0]) for k, v in overrides.items()}
+    return {k: (v if not isinstance(v, list) else v if len(v) > 1 else v[0]) for k, v in overrides.items()}
+
+
+def resume_run(args: argparse.Namespace) -> Run | None:
+    """The run `--resume` names (nothing read yet): one Run, so its last.pt is read once per command."""
+    from .run import Run  # loads the data layer (timm): only a command that reads a run needs it
+
+    resume = _overrides(args).get("resume")
+    return Run(resume) if resume else None
+
+
+def config_from_args(args: argparse.Namespace, run: Run | None = None) -> C.TrainConfig:
+    """`run`: resume_run(args), when the caller reads the run too."""
+    overrides = _overrides(args)
     if overrides.get("resume"):
         _check_resumable(overrides["resume"])
     if args.recipe is None and overrides.get("resume"):
         # no recipe: continue with the run's own config
-        saved = ckpt_io.load(ckpt_io.find_checkpoint(overrides["resume"])).get("config")
+        saved = (run or resume_run(args)).last.get(ckpt_io.CONFIG_KEY)
         if saved is None:
             raise ValueError(f"{overrides['resume']} holds no training config; pass the recipe with -c")
         base = C.from_checkpoint_dict(saved).to_dict()
@@ -279,11 +294,14 @@ def _check_resumable(resume: str) -> None:
         raise ValueError(f"{p} holds weights only (no optimizer state to continue from); use {hint}")
 
 
-def finished_run(cfg: C.TrainConfig) -> dict | None:
+def finished_run(cfg: C.TrainConfig, run: Run | None = None) -> dict | None:
     """The last checkpoint of --resume when it already ends at --epochs (nothing left to train)."""
     if not cfg.resume:
         return None
-    state = ckpt_io.load(ckpt_io.find_checkpoint(cfg.resume))
+    if run is None or run.path != Path(cfg.resume):  # a recipe's own `resume:`
+        from .run import Run  # loads the data layer (timm): only a command that reads a run needs it
+        run = Run(cfg.resume)
+    state = run.last
     if state.get("model_name") != cfg.model:  # not this run's model: train() refuses it with the reason
         return None
     plan = state.get("plan") or {}
@@ -297,7 +315,6 @@ def finished_run(cfg: C.TrainConfig) -> dict | None:
 
 def _check_device(cfg: C.TrainConfig) -> None:
     """Errors the loop would only meet at its first step, after the run directory exists."""
-    import torch
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.amp == "fp16" and not str(device).startswith("cuda"):
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
@@ -318,7 +335,8 @@ def format_summary(summary: dict, metric: str = "top1", label: str | None = None
         if isinstance(elapsed, (int, float)):
             took = f" in {elapsed / 60:.1f} min" if elapsed >= 60 else f" in {elapsed:.0f} s"
         lines.append(f"done: best {name} {best:.2f} at epoch {epoch} ({label} weights, fused){took}")
-    files = [n for n in (ckpt_io.BEST, ckpt_io.LAST, "metrics.jsonl", "config.yaml") if (Path(run) / n).exists()]
+    files = [n for n in (ckpt_io.BEST, ckpt_io.LAST, ckpt_io.METRICS_FILE, ckpt_io.CONFIG_FILE)
+             if (Path(run) / n).exists()]
     lines.append(f"files: {run}/ {{{', '.join(files)}}}")
     steps = next_steps or ("ghostnetv3 eval RUN  |  ghostnetv3 predict RUN IMAGE  |  ghostnetv3 export RUN -o "
                            "model.onnx  |  ghostnetv3 plot RUN")
@@ -327,11 +345,14 @@ def format_summary(summary: dict, metric: str = "top1", label: str | None = None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainingInterrupted, train
+    from ghostnetv3.distill.task import train  # the classification task, with KD when the config names a teacher
 
-    cfg = config_from_args(args)
+    from .train import TrainingInterrupted
+
+    resumed = resume_run(args)
+    cfg = config_from_args(args, resumed)
     _check_device(cfg)
-    done = finished_run(cfg)
+    done = finished_run(cfg, resumed)
     if done is not None:
         run = ckpt_io.find_checkpoint(cfg.resume).parent
         print(f"{run} is finished: it trained all {done['epoch']} of {cfg.epochs} epochs; nothing to train. "

@@ -19,10 +19,19 @@ from typing import Any, Optional
 
 import yaml
 
+from ghostnetv3.rep.conv import REP_INITS
+
+from .checkpoint import atomic_write_text
 from .layout import auto_img_size
 
 
 DEFAULT_LR = 0.05  # the peak lr when neither lr nor lr_base is given
+# The allowed values of each choice key, in one place: TrainConfig refuses others, the CLI offers these
+# (flags.CHOICES is this dict) and the recipe comments below name them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "amp": ("none", "bf16", "fp16"), "crop_mode": ("rrc", "pad_crop", "none"),
+    "on_bad_image": ("fail", "skip"), "data_mode": ("memory", "stream", "auto"),
+    "kd_loss": ("kl", "soft-ce", "hard"), "rep_init": REP_INITS, "eval_metric": ("top1", "top5", "loss")}
 
 
 @dataclass
@@ -128,11 +137,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name)))
-        choices = {"amp": ("none", "bf16", "fp16"), "crop_mode": ("rrc", "pad_crop", "none"),
-                   "on_bad_image": ("fail", "skip"), "data_mode": ("memory", "stream", "auto"),
-                   "kd_loss": ("kl", "soft-ce", "hard"), "rep_init": ("reference", "scaled"),
-                   "eval_metric": ("top1", "top5", "loss")}
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
         if self.lr is None and self.lr_base is None:
@@ -159,7 +164,6 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def save(self, path: str | os.PathLike) -> None:
-        from .checkpoint import atomic_write_text  # lazy: checkpoint imports torch, a config does not need it
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes: Any) -> "TrainConfig":

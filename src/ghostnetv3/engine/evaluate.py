@@ -1,6 +1,6 @@
 """`ghostnetv3 eval`: top-1/top-5 of a trained run — raw weights, EMA weights, and the fused model.
 
-The fused row is the model `export` writes and `predict` runs (ghostnetv3.models.weights picks it:
+The fused row is the model `export` writes and `predict` runs (engine.run picks it:
 best.pt and the weights its validation picked, unless --checkpoint / --weights say otherwise). It
 is measured, not assumed equal to the unfused number.
 """
@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from tqdm import tqdm
 
-from ghostnetv3.models.weights import pick_weights
+from ghostnetv3.data.inputspec import InputSpec
 from ghostnetv3.rep import verify_fusion
 
-from .checkpoint import report_config_edits
 from .config import TrainConfig, check_subset_size, from_checkpoint_dict
-from .inputs import check_eval_classes, describe_eval_transform, describe_subset, eval_aug_config, val_subset_seed
+from .inputs import check_eval_classes, describe_subset, val_subset_seed
+from .datasets import load_datasets
 from .inputs import val_subset as val_subset_of
-from .train import _val_loader, build_model, evaluate, load_datasets, reparameterize
+from .loaders import val_loader
+from .loop import validate
+from .model_factory import build_model, reparameterize
+from .run import Run
 
 ALL = "all"  # --val-subset all: every image of the validation split
 
@@ -48,7 +52,6 @@ class _Progress:
         return len(self.loader)
 
     def __iter__(self):
-        from tqdm import tqdm
         try:
             total = len(self.loader)
         except TypeError:
@@ -69,20 +72,21 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     are {top1, top5, loss, n} (fused also `confusion` when asked).
 
     `val_subset`: None keeps the run's validation set (what picked best.pt), 'all' scores the whole split.
-    `weights`/`checkpoint`: which weights are fused (ghostnetv3.models.weights; default the shipped ones)."""
-    choice = pick_weights(path, weights=weights, checkpoint=checkpoint)
+    `weights`/`checkpoint`: which weights are fused (engine.run's rule; default the shipped ones)."""
+    run = Run(path, checkpoint=checkpoint)
+    choice = run.choose(weights)
     ckpt_path, state = choice.path, choice.state
     if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
         raise ValueError(f"{ckpt_path} is not a ghostnetv3 run checkpoint (no config inside); "
                          f"evaluate it by starting a run with --init-checkpoint, or use `ghostnetv3 fuse`")
-    report_config_edits(ckpt_path.parent, state["config"], ckpt_path)  # the checkpoint's config is the truth
+    run.report_config_edits()  # the checkpoint's config is the truth
     cfg = _eval_config(state["config"], data=data, batch_size=batch_size, device=device, val_subset=val_subset)
     dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     total = None
     if val_set is None:  # the run's own data path: in memory, or streamed (--data-mode) for big folders
         val_set, total = _load_val_set(cfg)
     check_eval_classes(cfg.data, val_set, state, ckpt_path)  # count and names
-    loader = _val_loader(cfg, val_set, state["in_chans"], dev)
+    loader = val_loader(cfg, val_set, state["in_chans"], dev)
 
     def load(sd):
         m = build_model(cfg, state["num_classes"], state["in_chans"])
@@ -90,7 +94,7 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
         return m.to(dev).eval()
 
     def score(model, what, **kw):
-        return evaluate(model, _Progress(loader, f"eval {what}", progress), dev, **kw)
+        return validate(model, _Progress(loader, f"eval {what}", progress), dev, **kw)
 
     which = (describe_subset(len(val_set.labels), total, cfg.seed) if hasattr(val_set, "labels")
              else "the whole validation stream")
@@ -115,7 +119,7 @@ def evaluate_checkpoint(path: str | Path, *, data: Optional[str] = None, batch_s
     x = next(iter(loader)).images[:16]
     out["fusion_max_diff"] = verify_fusion(src, fused, x)  # per-branch math vs the fused convs
     out["n"] = out["raw"]["n"]
-    out["eval_transform"] = _transform_text(eval_aug_config(cfg, state["in_chans"]), raw)
+    out["eval_transform"] = _transform_text(InputSpec.from_config(cfg, in_chans=state["in_chans"]), raw)
     return out
 
 
@@ -136,13 +140,13 @@ def _load_val_set(cfg: TrainConfig):
     return val_subset_of(full, cfg.val_subset, cfg.seed), len(full.labels)
 
 
-def _transform_text(aug, model) -> str:
+def _transform_text(spec: InputSpec, model) -> str:
     """The eval transform in words; when the model's timm pretrained_cfg (ImageNet's recipe) says
     otherwise, that it is not what this run is scored with."""
-    text = describe_eval_transform(aug)
+    text = spec.describe()
     pc = getattr(model, "pretrained_cfg", None) or {}
     theirs = (pc.get("interpolation"), pc.get("crop_pct"))
-    if theirs[0] is not None and theirs != (aug.interpolation, aug.eval_crop_pct):
+    if theirs[0] is not None and theirs != (spec.interpolation, spec.crop_pct):
         text += (f" — as the run validated (the model's pretrained_cfg says {theirs[0]}, crop_pct {theirs[1]:g}: "
                  f"timm's ImageNet recipe, not this run's)")
     return text

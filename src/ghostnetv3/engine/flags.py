@@ -11,12 +11,9 @@ import inspect
 import re
 from functools import lru_cache
 
-from .config import TrainConfig
+from .config import CHOICES, TrainConfig  # CHOICES: the allowed values, kept once in config.py
 
-# allowed values (TrainConfig.__post_init__ enforces them; tests/cli checks the two agree)
-CHOICES = {"amp": ("none", "bf16", "fp16"), "crop_mode": ("rrc", "pad_crop", "none"),
-           "on_bad_image": ("fail", "skip"), "data_mode": ("memory", "stream", "auto"),
-           "kd_loss": ("kl", "soft-ce", "hard"), "eval_metric": ("top1", "top5", "loss")}
+__all__ = ["CHOICES", "ALIASES", "EMA_GROUP", "help_text", "group_of", "group_order"]
 
 # keys config.py leaves without a comment
 _HELP = {

@@ -8,13 +8,13 @@ at all), the seeded subsets of --train-subset/--val-subset, and the eval transfo
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from ghostnetv3.data.augment import AugConfig
+from ghostnetv3.data.inputspec import InputSpec
 
 __all__ = ["check_train_classes", "check_eval_classes", "head_fits", "subset", "subset_indices", "val_subset",
            "val_subset_seed", "describe_subset", "eval_aug_config", "describe_eval_transform"]
@@ -66,20 +66,13 @@ def eval_aug_config(cfg: Any, in_chans: int, img_size: Optional[int] = None) -> 
     """The eval transform (a run's validation, `eval`, `quantize`'s scoring): the short side resized to
     img_size / eval_crop_pct with `interpolation`, a centre crop of img_size, mean/std. `cfg` is a
     TrainConfig or the dict a checkpoint or exported file keeps; an unset key takes AugConfig's default."""
-    values: Mapping[str, Any] = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
-    kw = {k: (tuple(values[k]) if isinstance(values[k], list) else values[k])
-          for k in ("mean", "std", "eval_crop_pct", "interpolation") if values.get(k) is not None}
-    return AugConfig(image_size=int(img_size or values["img_size"]), in_chans=int(in_chans), train=False, **kw)
+    return InputSpec.from_config(cfg, in_chans=int(in_chans), img_size=img_size or None).aug_config()
 
 
 def describe_eval_transform(aug: AugConfig) -> str:
     """e.g. 'bilinear resize of the short side to 32 px, centre crop 32 px (crop_pct 1), mean (0.449,)
-    std (0.226,)'."""
-    h, w = aug.out_hw
-    mean, std = aug.norm_stats()
-    fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ("," if len(v) == 1 else "") + ")"  # noqa: E731
-    return (f"{aug.interpolation} resize of the short side to {math.floor(min(h, w) / aug.eval_crop_pct)} px, "
-            f"centre crop {h}x{w} px (crop_pct {aug.eval_crop_pct:g}), mean {fmt(mean)} std {fmt(std)}")
+    std (0.226,)' (data.InputSpec.describe)."""
+    return InputSpec.from_aug_config(aug).describe()
 
 
 # --------------------------------------------------------------------------- classes

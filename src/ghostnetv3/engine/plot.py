@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 import torch
 
-from .budget import PLAN_FILE, RunPlan, build_scheduler, make_plan
+from .checkpoint import CONFIG_FILE, METRICS_FILE, PLAN_FILE
+from .plan import RunPlan, build_scheduler, make_plan
 from .config import TrainConfig, load_config
 
 # the keys of the config that shape the lr schedule (with the plan's steps and warmup)
@@ -31,7 +32,7 @@ def schedule_record(cfg: TrainConfig, plan: RunPlan, global_step: int) -> dict[s
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}; is it a `ghostnetv3 train` run directory?")
     recs = []
@@ -55,7 +56,7 @@ def schedule_segments(recs: list[dict]) -> list[dict]:
 
 def _segments_from_config(run_dir: Path, steps_per_epoch: int) -> list[dict]:
     """One segment from config.yaml and plan.json: a run logged before schedule records existed."""
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if not path.is_file() or steps_per_epoch < 1:
         return []
     cfg = load_config(path)

@@ -13,6 +13,9 @@ from collections import defaultdict
 
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
+
+from ghostnetv3 import safeload
 
 __all__ = ["read_state_dict", "convert_state_dict", "load_checkpoint", "save_state_dict"]
 
@@ -34,23 +37,15 @@ def _unwrap(obj, use_ema: bool, path) -> dict:
     return tensors
 
 
-def read_state_dict(path_or_sd, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """A flat {name: tensor} dict from a file or dict: EMA weights preferred when `use_ema`,
-    `module.` prefixes stripped, profiler counters dropped."""
+def read_state_dict(path_or_sd, use_ema: bool = True, where: str | None = None) -> dict[str, torch.Tensor]:
+    """The one reader of weights: a flat {name: tensor} dict from a file or a loaded checkpoint dict (any
+    layout: ours, timm's, the reference code's), EMA weights preferred when `use_ema`, `module.` prefixes
+    stripped, profiler counters dropped. `where` names a loaded dict's file in errors. A file is read
+    weights-only (safeload: a broken file is one line naming it)."""
     if isinstance(path_or_sd, (str, os.PathLike)):
-        path = os.fspath(path_or_sd)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            if path.endswith(".safetensors"):
-                from safetensors.torch import load_file
-                obj = load_file(path)
-            else:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a truncated or foreign file: name it
-            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        path, obj = os.fspath(path_or_sd), safeload.read(path_or_sd)
     else:
-        path, obj = "<state dict>", path_or_sd
+        path, obj = where or "<state dict>", path_or_sd
     sd = _unwrap(obj, use_ema, path)
     out = {}
     for k, v in sd.items():
@@ -66,7 +61,6 @@ def read_state_dict(path_or_sd, use_ema: bool = True) -> dict[str, torch.Tensor]
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
     """Save weights as safetensors (contiguous CPU copies), atomically."""
-    from safetensors.torch import save_file
     tmp = f"{path}.tmp{os.getpid()}"
     save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp,
               metadata={k: str(v) for k, v in (metadata or {}).items()})
@@ -157,7 +151,7 @@ def _adapt_stem(sd: dict, target: dict) -> dict:
     """3-channel (ImageNet) weights into a model with another input channel count: the first conv's
     kernel goes through timm's `adapt_input_conv` (1 channel: the RGB kernels summed, so a gray image
     gets the response its RGB copy would; N channels: repeated and scaled by 3/N)."""
-    from timm.models import adapt_input_conv
+    from timm.models import adapt_input_conv  # lazy: `import ghostnetv3` does not load timm (4 s)
 
     stem = next((k for k, v in target.items() if v.ndim == 4 and k.endswith("weight")), None)
     if stem is None or stem not in sd:

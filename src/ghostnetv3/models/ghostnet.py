@@ -29,11 +29,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ..rep import RepConv2d
+from ..rep import RepConv2d, reparameterize
 from ..rep.crop import CropConv2d
 
 __all__ = ["GhostNet", "create_ghostnet", "GhostModule", "GhostBottleneck", "BLOCK_CFGS", "make_divisible",
-           "auto_layout", "auto_output_stride", "stage_strides", "MIN_FINAL_MAP"]
+           "auto_layout", "auto_output_stride", "stage_strides", "MIN_FINAL_MAP", "pretrained_cfg_for"]
 
 # (kernel, expansion, out, SE ratio, stride) per bottleneck; one list per stage (as in the reference).
 BLOCK_CFGS = [
@@ -343,7 +343,6 @@ class GhostNet(nn.Module):
     @torch.jit.ignore
     def convert_to_deploy(self) -> None:
         """In place: fuse every branch (timm's name; `ghostnetv3.reparameterize` returns a copy)."""
-        from ..rep import reparameterize
         reparameterize(self, inplace=True)
 
     def __prepare_scriptable__(self):
@@ -460,7 +459,7 @@ def _take_indices(num: int, indices: int | Sequence[int] | None) -> tuple[list[i
     return take, max(take)
 
 
-def _default_cfg(variant: str, in_chans: int = 3, **overrides) -> dict:
+def pretrained_cfg_for(variant: str, in_chans: int = 3, **overrides) -> dict:
     """timm's pretrained_cfg for an untrained GhostNet (timm's ghostnet defaults: ImageNet 224 px,
     crop 0.875, bicubic); a gray (1-channel) model gets the RGB statistics averaged, as our data
     pipeline normalizes gray images."""
@@ -487,7 +486,7 @@ def create_ghostnet(variant: str, pretrained: bool = False, *, features_only: bo
     if pretrained:
         raise ValueError(f"{variant}: no built-in weights are shipped; pass checkpoint_path= "
                          "(the public .pth/.pt/.safetensors files load directly)")
-    cfg = _default_cfg(variant, kwargs.get("in_chans", 3), num_classes=kwargs.get("num_classes", 1000))
+    cfg = pretrained_cfg_for(variant, kwargs.get("in_chans", 3), num_classes=kwargs.get("num_classes", 1000))
     if isinstance(pretrained_cfg, dict):
         cfg.update(pretrained_cfg)
     cfg.update(pretrained_cfg_overlay or {})

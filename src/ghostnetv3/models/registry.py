@@ -11,11 +11,13 @@ import importlib.abc
 import importlib.util
 import sys
 
+import torch
 import torch.nn as nn
 
+from .checkpoint import load_checkpoint
 from .ghostnet import create_ghostnet
 
-__all__ = ["create_model", "list_models", "is_ours", "TIMM_NAMES"]
+__all__ = ["create_model", "list_models", "is_ours", "build_ours", "TIMM_NAMES"]
 
 _WIDTHS = {"050": 0.5, "100": 1.0, "130": 1.3, "160": 1.6}
 # V2 is V3 without re-parameterization branches: one conv+BN per site.
@@ -33,8 +35,7 @@ TORCHVISION_PREFIX = "torchvision/"
 
 
 def _torchvision_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool, **kwargs) -> nn.Module:
-    import torch
-    import torchvision
+    import torchvision  # lazy: heavy; only torchvision/<name> models need it (`import ghostnetv3` stays light)
 
     arch = name[len(TORCHVISION_PREFIX):]
     known = torchvision.models.list_models(module=torchvision.models)
@@ -97,7 +98,7 @@ class _RegisterOnTimmImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module):
             exec_module(module)
-            importlib.import_module("ghostnetv3.models.timm_compat")
+            importlib.import_module("ghostnetv3.models.timm_entrypoints")
 
         spec.loader.exec_module = exec_then_register
         return spec
@@ -106,7 +107,7 @@ class _RegisterOnTimmImport(importlib.abc.MetaPathFinder):
 def register_with_timm() -> None:
     """Put our names into timm's registry now if timm is loaded, else when it is first imported."""
     if "timm" in sys.modules:
-        importlib.import_module("ghostnetv3.models.timm_compat")
+        importlib.import_module("ghostnetv3.models.timm_entrypoints")
     elif not any(isinstance(f, _RegisterOnTimmImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterOnTimmImport())
 
@@ -122,7 +123,7 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, pretr
     elif is_ours(name):
         model = build_ours(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     else:
-        import timm
+        import timm  # lazy: heavy (see _RegisterOnTimmImport); only timm's own names need it
         if not timm.is_model(name):
             known = list_models()
             # timm registers ghostnetv3_* too: one name once in the hint
@@ -134,6 +135,5 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, pretr
                 raise ValueError(f"{ours_only} applies to GhostNetV3 models; for '{name}' use repify")
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if checkpoint_path:
-        from .checkpoint import load_checkpoint
         load_checkpoint(model, checkpoint_path)
     return model

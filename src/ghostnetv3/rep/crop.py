@@ -13,7 +13,7 @@ depthwise conv on 1×1 maps ran at 0.36 GFLOP/s).  `conv2d_cropped` computes the
   a map of at most `SMALL_MAP_PIXELS` pixels is one batched matrix product (each channel's conv
   written as the [H·W, Ho·Wo] matrix it is), both much faster than the conv kernels there;
 - a depthwise conv with a 5-tap kernel side (5×5, and the DFC's 1×5 / 5×1) on an NCHW CPU tensor
-  runs in channels_last and comes back NCHW (`_depthwise_in_channels_last`): oneDNN's NCHW kernels
+  runs in channels_last and comes back NCHW (`depthwise_in_channels_last`): oneDNN's NCHW kernels
   for those shapes took ~2× the time, copies included;
 - everything else is `F.conv2d` with the cropped kernel.
 
@@ -113,7 +113,7 @@ def _matmul_depthwise(x, w, bias, stride, pads, out):
     return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _depthwise_in_channels_last(x: torch.Tensor, weight: torch.Tensor, depthwise: bool) -> bool:
+def depthwise_in_channels_last(x: torch.Tensor, weight: torch.Tensor, depthwise: bool) -> bool:
     """A depthwise conv that runs faster in channels_last on this device, given an NCHW `x`.
 
     Measured on the 2-core CPU (1 thread, forward + backward, both layout copies included): kernels
@@ -172,9 +172,9 @@ def conv2d_cropped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def _conv2d(x, weight, bias, stride, padding, groups: int, depthwise: bool) -> torch.Tensor:
-    """`F.conv2d`, in channels_last where `_depthwise_in_channels_last` says that is faster (the
+    """`F.conv2d`, in channels_last where `depthwise_in_channels_last` says that is faster (the
     result in x's layout)."""
-    if _depthwise_in_channels_last(x, weight, depthwise):
+    if depthwise_in_channels_last(x, weight, depthwise):
         y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, bias, stride, padding, 1, groups)
         return y.contiguous()
     return F.conv2d(x, weight, bias, stride, padding, 1, groups)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from .conv import RepConv2d
+from .repify import restore_layout
 
 __all__ = ["reparameterize", "verify_fusion", "has_branches"]
 
@@ -19,7 +20,6 @@ def _fuse_children(module: nn.Module) -> None:
             if origin is None:
                 setattr(module, name, child.fuse())
             else:  # a repified site goes back to its original conv + BN layout
-                from .repify import restore_layout
                 conv, bn = restore_layout(child)
                 setattr(module, name, conv)
                 setattr(module, origin["bn_name"], bn)

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import torch
 
+from ghostnetv3.engine.run import Run
+from ghostnetv3.models import create_model, load_checkpoint, save_state_dict
+from ghostnetv3.rep import has_branches, reparameterize, verify_fusion
+
+from .model_flags import add_model_args, model_kwargs, parse_input_size
+
+__all__ = ["run_fuse", "add_parser"]
+
 
 def run_fuse(args) -> int:
-    from ..models import create_model, load_checkpoint, save_state_dict
-    from ..models.cli import model_kwargs, parse_input_size
-    from ..models.weights import pick_weights
-    from .fuse import has_branches, reparameterize, verify_fusion
     size = parse_input_size(args.input_size)
     model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0], **model_kwargs(args))
     if args.checkpoint:
-        choice = pick_weights(args.checkpoint, weights="raw" if args.no_ema else args.weights)
+        choice = Run(args.checkpoint).choose("raw" if args.no_ema else args.weights)
         load_checkpoint(model, choice.state, use_ema=choice.use_ema)
         print(f"loaded {choice.describe()}")
     model.eval()
@@ -36,7 +40,6 @@ def run_fuse(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from ..models.cli import add_model_args
     p = sub.add_parser("fuse", help="fuse re-parameterization branches, verify, save")
     add_model_args(p)
     p.add_argument("--checkpoint", default=None, metavar="FILE|RUN_DIR",

@@ -7,8 +7,8 @@ state); each holds the raw weights and, with EMA on, the EMA weights. Unless tol
 the weights that epoch's validation picked (`best_source`), else EMA when there is EMA. So
 `eval`'s "fused" row, the file `export` writes and what `predict` answers are one model.
 
-This module sits with the models (the lowest layer) so that distill, engine and deploy can all
-follow the rule without importing each other.
+The rule works on a loaded checkpoint; `engine.run.Run` reads the files (`Run.choose`). This module
+stays light (no data or model imports), so every command line can offer `add_weights_flags`.
 """
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
+from . import checkpoint as ckpt_io
 
-from ghostnetv3 import safeload
-
-__all__ = ["CHECKPOINTS", "WEIGHTS", "WeightsChoice", "resolve_run_checkpoint", "choose_weights", "pick_weights",
-           "add_weights_flags"]
+__all__ = ["CHECKPOINTS", "WEIGHTS", "WeightsChoice", "add_weights_flags", "resolve_run_checkpoint",
+           "choose_weights"]
 
 CHECKPOINTS = ("best", "last")
 WEIGHTS = ("raw", "ema")
-_FILES = {"best": "best.pt", "last": "last.pt"}
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_FILES = {"best": ckpt_io.BEST, "last": ckpt_io.LAST}
+# where a checkpoint keeps its weights: ours first, then the layouts met in the wild (timm, reference code)
+_EMA_KEYS = (ckpt_io.EMA_KEY, "model_ema", "ema")
+_RAW_KEYS = (ckpt_io.RAW_KEY, "model")
 
 
 @dataclass
@@ -88,8 +88,8 @@ def choose_weights(state: Any, weights: Optional[str] = None, where: str = "the 
     """(raw | ema | plain, reason) for a loaded checkpoint — the rule itself."""
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"--weights: {weights!r} is not one of {', '.join(WEIGHTS)}")
-    has_ema = any(_has(state, k) for k in ("state_dict_ema", "model_ema", "ema"))
-    has_raw = any(_has(state, k) for k in ("state_dict", "model"))
+    has_ema = any(_has(state, k) for k in _EMA_KEYS)
+    has_raw = any(_has(state, k) for k in _RAW_KEYS)
     if not has_ema and not has_raw:  # a flat {name: tensor} file (fused export, safetensors)
         if weights == "ema":
             raise ValueError(f"{where} is a plain state dict with no EMA weights; drop --weights ema")
@@ -98,32 +98,7 @@ def choose_weights(state: Any, weights: Optional[str] = None, where: str = "the 
         raise ValueError(f"{where} has no EMA weights (trained with --model-ema false); use --weights raw")
     if weights is not None:
         return weights, "as asked"
-    source = state.get("best_source")
+    source = state.get(ckpt_io.BEST_SOURCE_KEY)
     if source == "raw" or (source == "ema" and has_ema):
         return source, "the run's validation picked them"
     return ("ema", "EMA is kept, no validation choice recorded") if has_ema else ("raw", "no EMA weights kept")
-
-
-def _read(path: Path) -> Any:
-    if path.name.endswith(".safetensors"):
-        return safeload.read(path)  # a broken file is one line naming it, as for .pt files
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # an image, a truncated file, a pickled object: say so, don't suggest unpickling
-        if path.suffix.lower() in _IMAGE_SUFFIXES:
-            raise ValueError(f"{path} is an image, not a checkpoint; to classify it: "
-                             f"ghostnetv3 predict RUN_DIR {path}") from None
-        return safeload.read(path)  # raises its one-line BadCheckpoint naming the file and what to do
-
-
-def pick_weights(source: str | os.PathLike, *, weights: Optional[str] = None,
-                 checkpoint: Optional[str] = None) -> WeightsChoice:
-    """The checkpoint file and weights a command takes from RUN_DIR | CHECKPOINT (see module doc)."""
-    path, kind = resolve_run_checkpoint(source, checkpoint)
-    if kind == "best" and checkpoint is None:  # a broken best.pt, an intact last.pt: take it, and say so
-        path, state = safeload.first_intact([path, path.with_name(_FILES["last"])])
-        kind = "best" if path.name == _FILES["best"] else "last"
-    else:
-        state = _read(path)
-    chosen, reason = choose_weights(state, weights, where=str(path))
-    return WeightsChoice(path=path, checkpoint=kind, weights=chosen, reason=reason, state=state)

@@ -30,14 +30,13 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .checkpoint import atomic_write_text
+from .checkpoint import PLAN_FILE, atomic_write_text
 from .config import TrainConfig
 
 __all__ = ["RunPlan", "auto_warmup_epochs", "auto_ema_decay", "ema_warmup_gamma", "choose_channels_last",
            "prefer_channels_last", "build_scheduler", "TimeBudget", "PLAN_FILE", "auto_batch_size", "drop_last_batch",
            "few_steps_warning", "scaled_lr"]
 
-PLAN_FILE = "plan.json"
 MAX_AUTO_WARMUP_EPOCHS = 3.0
 AUTO_WARMUP_FRACTION = 0.05
 

@@ -4,11 +4,11 @@ import json
 import torch
 from timm.utils import ModelEmaV3
 
-from ghostnetv3.engine.budget import (PLAN_FILE, RunPlan, TimeBudget, auto_ema_decay, choose_channels_last,
+from ghostnetv3.engine.plan import (PLAN_FILE, RunPlan, TimeBudget, auto_ema_decay, choose_channels_last,
                                      ema_warmup_gamma,
                                       make_plan, prefer_channels_last)
 from ghostnetv3.engine.config import TrainConfig, load_config
-from ghostnetv3.engine.train import _make_run_plan, train
+from ghostnetv3.engine.train import make_run_plan, train
 
 from engine_helpers import load, tiny_config
 
@@ -45,9 +45,9 @@ def test_time_budget_plans_from_the_measured_rate():
 def test_time_limited_plan_is_kept_on_resume_and_epoch_plans_follow_the_config():
     cfg = TrainConfig(epochs=4, time_limit=1.0)
     saved = RunPlan(10, 123, 6, 0.99, True, 60.0, calibrated=True)
-    assert _make_run_plan(cfg, saved, 10, True) is saved
-    assert not _make_run_plan(cfg, None, 10, True).calibrated      # to be calibrated by the run
-    extended = _make_run_plan(TrainConfig(epochs=8), RunPlan(10, 40, 2, 0.9, False), 10, False)
+    assert make_run_plan(cfg, saved, 10, True) is saved
+    assert not make_run_plan(cfg, None, 10, True).calibrated      # to be calibrated by the run
+    extended = make_run_plan(TrainConfig(epochs=8), RunPlan(10, 40, 2, 0.9, False), 10, False)
     assert extended.total_steps == 80                             # --resume --epochs 8 extends
 
 

@@ -8,10 +8,11 @@ data (HF datasets, webdataset, tar) at scale.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
-import torch
 from PIL import Image
+from timm.data import create_dataset, create_transform
 from torch.utils.data import Dataset
 
 from .augment import AugConfig
@@ -40,8 +41,6 @@ class TimmTransformDataset(Dataset):
 
 def timm_transform(cfg: AugConfig, auto_augment: str | None = None):
     """timm.data.create_transform with the same settings as an AugConfig (plus auto_augment)."""
-    from timm.data import create_transform
-
     mean, std = cfg.norm_stats()
     kw = {}
     if cfg.train:
@@ -60,10 +59,6 @@ def load_streaming_dataset(name: str, split: str = "train", transform: Callable 
 
     A bare path as `name` is read as a folder or tar (timm's name "" with root=path).
     """
-    import os
-
-    from timm.data import create_dataset
-
     if root is None and os.path.exists(name):
         name, root = "", name
     if is_training is None:

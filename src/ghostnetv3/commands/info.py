@@ -1,46 +1,19 @@
-"""`ghostnetv3 info MODEL`: parameters and MACs of the train form and the fused form."""
+"""`ghostnetv3 info MODEL`: parameters and MACs of the train form and the fused form;
+`ghostnetv3 models`: the model names this tool builds."""
 from __future__ import annotations
 
 import json
 
+from ghostnetv3.models.registry import TIMM_NAMES, create_model, list_models
+from ghostnetv3.rep import reparameterize
+from ghostnetv3.rep.count import count_params_macs
 
-def parse_input_size(values, in_chans: int = 3) -> tuple[int, int, int]:
-    """timm-style --input-size: C H W, or H W, or one square size."""
-    v = [int(x) for x in values]
-    if len(v) == 1:
-        return (in_chans, v[0], v[0])
-    if len(v) == 2:
-        return (in_chans, v[0], v[1])
-    if len(v) == 3:
-        return (v[0], v[1], v[2])
-    raise ValueError(f"--input-size takes 1 (S), 2 (H W) or 3 (C H W) numbers, got {len(v)}")
+from .model_flags import add_model_args, model_kwargs, parse_input_size
 
-
-def model_kwargs(args) -> dict:
-    kw = {}
-    for key in ("width", "num_conv_branches", "stem_stride", "output_stride"):
-        if getattr(args, key, None) is not None:
-            kw[key] = getattr(args, key)
-    return kw
-
-
-def add_model_args(p) -> None:
-    p.add_argument("model", help="model name (ghostnetv3_050/100/130/160, ghostnetv2_*, or a timm name)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--input-size", nargs="+", default=["3", "224", "224"], metavar="N",
-                   help="C H W (or H W, or S); default 3 224 224")
-    p.add_argument("--width", type=float, default=None, help="width multiplier (GhostNet models)")
-    p.add_argument("--num-conv-branches", type=int, default=None)
-    p.add_argument("--stem-stride", type=int, default=None, help="1 for tiny images (GhostNet models)")
-    p.add_argument("--output-stride", type=int, default=None,
-                   help="total downsampling (GhostNet models: 32 = the paper's layout; 16/8/4 run the last "
-                        "downsampling stages at stride 1)")
+__all__ = ["run_info", "run_models", "add_parser"]
 
 
 def run_info(args) -> int:
-    from ..rep.count import count_params_macs
-    from ..rep import reparameterize
-    from .registry import create_model
     size = parse_input_size(args.input_size)
     model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0], **model_kwargs(args)).eval()
     p_train, m_train = count_params_macs(model, size)
@@ -59,9 +32,9 @@ def run_info(args) -> int:
 
 def run_models(args) -> int:
     """Our registered models, then how to name the others (timm, torchvision)."""
-    from .registry import TIMM_NAMES, list_models
+    import timm  # lazy: heavy (4 s); `ghostnetv3 --help` and the other commands do not need it
+
     if args.timm:
-        import timm
         names = timm.list_models(args.timm)
         print("\n".join(names) if names else f"no timm model matches '{args.timm}'")
         return 0
@@ -71,7 +44,6 @@ def run_models(args) -> int:
         width = f" width {int(name[-3:]) / 100:.1f}x" if name[-3:].isdigit() else ""
         print(f"  {name:<16}{TIMM_NAMES[name]:<10}{kind}{width}")
     print("  (timm names: timm.create_model('gnv3_100') once ghostnetv3 is imported; smp: tu-gnv3_100)")
-    import timm
     print(f"any timm name ({len(timm.list_models())} in timm {timm.__version__}; "
           "`ghostnetv3 models --timm 'mobilenet*'` to search), and torchvision/<name> "
           "(e.g. torchvision/shufflenet_v2_x1_0)")

@@ -1,10 +1,10 @@
 """Our GhostNetV3/V2 in timm's registry: `gnv3_050/100/130/160` and `gnv2_050/100/130/160`.
 
-Imported by `ghostnetv3` as soon as timm is loaded (see `registry.register_with_timm`), so
-`timm.create_model("gnv3_100", features_only=True)` and libraries that take a timm name
-(segmentation_models_pytorch: `encoder_name="tu-gnv3_100"`) build our models.  The names do not
-shadow timm's own `ghostnetv3_*` (timm reads the text after a dot as a pretrained tag, so a
-`ghostnetv3_100.ours` would be timm's model).
+timm's entrypoints and default configs for our models. Imported by `ghostnetv3` as soon as timm is
+loaded (see `registry.register_with_timm`), so `timm.create_model("gnv3_100", features_only=True)`
+and libraries that take a timm name (segmentation_models_pytorch: `encoder_name="tu-gnv3_100"`)
+build our models.  The names do not shadow timm's own `ghostnetv3_*` (timm reads the text after a
+dot as a pretrained tag, so a `ghostnetv3_100.ours` would be timm's model).
 
 FX: timm's FX helpers (`create_feature_extractor`, `get_graph_node_names`, `FeatureGraphNet`) keep
 `RepConv2d` and `DFCAttention` as leaf modules: their forwards branch on input shapes (the
@@ -15,20 +15,20 @@ from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 
 from ..rep import RepConv2d
-from .ghostnet import DFCAttention, GhostNet, _default_cfg, create_ghostnet
-from .registry import _REGISTRY, TIMM_NAMES
+from .ghostnet import DFCAttention, GhostNet, pretrained_cfg_for
+from .registry import TIMM_NAMES, build_ours
 
 __all__: list = []  # register_model appends the entrypoints
 
 register_notrace_module(RepConv2d)
 register_notrace_module(DFCAttention)
 
-default_cfgs = generate_default_cfgs({timm_name: _default_cfg(timm_name) for timm_name in TIMM_NAMES.values()})
+default_cfgs = generate_default_cfgs({name: pretrained_cfg_for(name) for name in TIMM_NAMES.values()})
 
 
 def _entrypoint(ours: str, timm_name: str):
     def build(pretrained: bool = False, **kwargs) -> GhostNet:
-        return create_ghostnet(timm_name, pretrained, **{**_REGISTRY[ours], **kwargs})
+        return build_ours(ours, pretrained=pretrained, **kwargs)
 
     build.__name__ = build.__qualname__ = timm_name
     build.__module__ = __name__
