@@ -109,3 +109,16 @@ def test_resume_of_a_finished_run_reads_last_pt_once(tiny_run, monkeypatch, caps
     assert main(["train", "--resume", str(tiny_run)]) == 0
     assert "is finished: it trained all 1 of 1 epochs" in capsys.readouterr().out
     assert opened == [ckpt_io.LAST]
+
+
+def test_resume_that_trains_reads_last_pt_once(tiny_run, tmp_path, monkeypatch, capsys):
+    """`train --resume RUN --epochs 2` continues a 1-epoch run: the CLI's Run reads last.pt and the
+    engine takes that same dict (it was read twice: once for the config, once by the loop)."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    opened = _reads(monkeypatch)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert '"epoch": 2' in capsys.readouterr().out
+    assert opened.count(ckpt_io.LAST) == 1, opened

@@ -91,7 +91,9 @@ def classification_task(cfg: TrainConfig) -> Task:
     return DistillationTask() if wants_distillation(cfg) else ClassificationTask()
 
 
-def train(cfg: TrainConfig, *, train_set=None, val_set=None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, train_set=None, val_set=None, resumed=None) -> dict[str, Any]:
     """Train a classifier as `cfg` says — distilling from its teacher when it names one — through the
-    engine (`ghostnetv3.engine.train.train`); returns the run's summary."""
-    return engine_train(cfg, train_set=train_set, val_set=val_set, task=classification_task(cfg))
+    engine (`ghostnetv3.engine.train.train`; `resumed`: the Run of `cfg.resume`, already opened);
+    returns the run's summary."""
+    return engine_train(cfg, train_set=train_set, val_set=val_set, task=classification_task(cfg),
+                        resumed=resumed)

@@ -360,7 +360,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     start_threads(args.threads)
     try:
-        summary = train(cfg)
+        summary = train(cfg, resumed=resumed)
     except TrainingInterrupted as e:
         print(f"ghostnetv3 train: {e}", file=sys.stderr)
         return 128 + e.signum

@@ -155,11 +155,15 @@ def save_weights(path: Path, state: TrainState, info: RunInfo, epoch: int, summa
                          "metrics": {k: v for k, v in summary.items() if isinstance(v, (int, float))}}, path)
 
 
-def open_resume(cfg: TrainConfig, d: Dist) -> tuple[Path, dict[str, Any]]:
+def open_resume(cfg: TrainConfig, d: Dist, resumed=None) -> tuple[Path, dict[str, Any]]:
     """(path, contents) of the training checkpoint `--resume` names, checked; rank 0 takes the run
-    directory's lock and says which recipe keys changed since the run started."""
-    ckpt_path = ckpt_io.find_checkpoint(cfg.resume)
-    ckpt = ckpt_io.load(ckpt_path)
+    directory's lock and says which recipe keys changed since the run started. `resumed`: that run
+    already opened by the caller (an engine.run.Run of `cfg.resume`), so last.pt is read once."""
+    if resumed is not None and Path(resumed.path) == Path(cfg.resume):
+        ckpt_path, ckpt = resumed.last_path, resumed.last
+    else:
+        ckpt_path = ckpt_io.find_checkpoint(cfg.resume)
+        ckpt = ckpt_io.load(ckpt_path)
     if ckpt.get("format") != FORMAT:
         raise ValueError(f"{ckpt_path} is not a ghostnetv3 training checkpoint (no optimizer state); "
                          f"start a new run with --init-checkpoint {ckpt_path}")

@@ -43,21 +43,22 @@ from .task import ClassificationTask
 __all__ = ["train", "make_run_dir", "make_run_plan", "TrainingInterrupted", "NonFiniteLoss"]
 
 
-def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None, resumed=None) -> dict[str, Any]:
     """Train as `cfg` says; returns the summary (also the last line of metrics.jsonl; {} on ranks other
     than 0).
 
     `train_set`/`val_set` (ImageSets) replace `cfg.data` — for tests and notebooks. `task` (default: a
     `ClassificationTask`) supplies data, model, loss and metric (engine.task; e.g.
     ghostnetv3.detect.DetectionTask); a config with a teacher trains through
-    `ghostnetv3.distill.train(cfg)`. The run directory is locked for the whole call (engine.rundir); a
+    `ghostnetv3.distill.train(cfg)`. `resumed`: the engine.run.Run of `cfg.resume` when the caller
+    has opened it already (its last.pt is then not read again). The run directory is locked for the whole call (engine.rundir); a
     run that fails before writing anything leaves no directory.
     """
     task = ClassificationTask() if task is None else task
     task.check_config(cfg)
     before, ok = rundir.held_dirs(), False
     try:
-        trainer, state = _setup(cfg, task, train_set, val_set)
+        trainer, state = _setup(cfg, task, train_set, val_set, resumed)
         out = _fit(trainer, state)
         ok = True
         return out
@@ -67,13 +68,13 @@ def train(cfg: TrainConfig, *, train_set=None, val_set=None, task=None) -> dict[
 
 # --------------------------------------------------------------------------- set-up
 
-def _setup(cfg: TrainConfig, task, train_set, val_set) -> tuple[Trainer, TrainState]:
+def _setup(cfg: TrainConfig, task, train_set, val_set, resumed=None) -> tuple[Trainer, TrainState]:
     """Everything the loop needs, in the order that keeps a run's random streams (and so its resume) exact."""
     d, device = init_distributed(cfg)
     # the optional loggers asked for are checked before any work (one line when a package is missing)
     loggers = (tensorboard_writer_class(cfg.log_tensorboard), wandb_module(cfg.log_wandb)) if d.main \
         else (None, None)
-    ckpt_path, ckpt = open_resume(cfg, d) if cfg.resume else (None, None)
+    ckpt_path, ckpt = open_resume(cfg, d, resumed) if cfg.resume else (None, None)
     if ckpt_path is not None:
         run_dir = ckpt_path.parent
     else:
