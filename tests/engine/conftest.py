@@ -8,7 +8,7 @@ from engine_helpers import TINY
 def tiny_sets():
     """(train, val) slices of real Fashion-MNIST at 16 px, as the engine would subset them."""
     from ghostnetv3.data import load_dataset
-    from ghostnetv3.engine.inputs import subset
+    from ghostnetv3.engine.splits import subset
 
     tr = load_dataset("fashion-mnist", "train", seed=TINY["seed"], image_size=TINY["img_size"])
     va = load_dataset("fashion-mnist", "val", seed=TINY["seed"], image_size=TINY["img_size"])

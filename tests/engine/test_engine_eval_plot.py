@@ -13,7 +13,7 @@ from ghostnetv3.engine.train import train
 def ghost_run(tmp_path_factory):
     """GhostNetV3 (train form, 3 branches) trained for a few steps at 32 px, EMA on."""
     from ghostnetv3.data import load_dataset
-    from ghostnetv3.engine.inputs import subset
+    from ghostnetv3.engine.splits import subset
 
     out = tmp_path_factory.mktemp("ghost")
     cfg = tiny_config(out, model="ghostnetv3_050", width=0.1, stem_stride=2, img_size=32, padding=4, epochs=2,

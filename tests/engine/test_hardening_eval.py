@@ -17,7 +17,7 @@ from ghostnetv3.cli import main
 from ghostnetv3.data import BatchAugment, load_dataset
 from ghostnetv3.deploy.quantize import scored_batches
 from ghostnetv3.engine.config import TrainConfig, from_checkpoint_dict
-from ghostnetv3.engine.inputs import check_eval_classes, eval_aug_config
+from ghostnetv3.engine.splits import check_eval_classes, eval_aug_config
 from ghostnetv3.engine.plot import lr_per_step, plot_run, read_metrics, schedule_changes
 from ghostnetv3.engine.datasets import aug_config, load_datasets
 from ghostnetv3.engine.train import train

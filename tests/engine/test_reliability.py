@@ -65,7 +65,7 @@ def _fail_nth_save(monkeypatch, n: int, exc=None):
 def trained_run(tmp_path_factory):
     """One tiny finished run (1 epoch): best.pt, last.pt, config.yaml, metrics.jsonl."""
     from ghostnetv3.data import load_dataset
-    from ghostnetv3.engine.inputs import subset
+    from ghostnetv3.engine.splits import subset
     from engine_helpers import TINY
 
     out = tmp_path_factory.mktemp("runs")

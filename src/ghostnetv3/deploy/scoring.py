@@ -2,7 +2,7 @@
 
 Calibration and evaluation images go through the data layer's eval transform and the training
 run's split, i.e. exactly what the model saw at validation time; the scored subset of size N is
-the one `eval --val-subset N` scores (engine.inputs).
+the one `eval --val-subset N` scores (engine.splits).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from ghostnetv3.data import load_dataset
 from ghostnetv3.data.inputspec import InputSpec
 from ghostnetv3.deploy.runner import fixed_batch
-from ghostnetv3.engine.inputs import describe_subset, subset_indices, val_subset_seed
+from ghostnetv3.engine.splits import describe_subset, subset_indices, val_subset_seed
 
 __all__ = ["eval_batches", "scored_batches", "top1_of", "runner_top1"]
 
@@ -33,7 +33,7 @@ def eval_batches(name: str, split: str, cfg: dict[str, Any], limit: Optional[int
 def scored_batches(name: str, split: str, cfg: dict[str, Any], limit: Optional[int] = None,
                    batch_size: int = 256) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], int, str]:
     """(batches, count, which images in words): the images `quantize` scores — for N = `limit`, the
-    validation subset of size N that `eval --val-subset N` scores (engine.inputs: the run's split, the
+    validation subset of size N that `eval --val-subset N` scores (engine.splits: the run's split, the
     seed of its validation subset, its eval transform)."""
     run_seed = int(cfg.get("seed") or 0)
     it, n, total = _split_batches(name, split, cfg, limit, batch_size, val_subset_seed(run_seed))
@@ -52,7 +52,7 @@ def _split_batches(name: str, split: str, cfg: dict[str, Any], limit: Optional[i
     n = len(ds.labels)
     if n == 0:
         raise ValueError(f"dataset '{name}' split '{split}' has no images")
-    picked = subset_indices(n, limit or None, seed)  # the engine's subset rule (engine.inputs)
+    picked = subset_indices(n, limit or None, seed)  # the engine's subset rule (engine.splits)
     idx = torch.arange(n) if picked is None else picked
     aug = InputSpec.from_config(cfg).eval_transform()  # the run's own eval transform (data.inputspec)
 

@@ -10,7 +10,7 @@ from ghostnetv3.data import AugConfig
 from ghostnetv3.data.stream import choose_data_mode, open_stream_set
 
 from .config import TrainConfig
-from .inputs import eval_aug_config, subset, val_subset
+from .splits import eval_aug_config, subset, val_subset
 
 __all__ = ["aug_config", "load_datasets"]
 

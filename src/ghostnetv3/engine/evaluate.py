@@ -17,9 +17,9 @@ from ghostnetv3.data.inputspec import InputSpec
 from ghostnetv3.rep import verify_fusion
 
 from .config import TrainConfig, check_subset_size, from_checkpoint_dict
-from .inputs import check_eval_classes, describe_subset, val_subset_seed
+from .splits import check_eval_classes, describe_subset, val_subset_seed
 from .datasets import load_datasets
-from .inputs import val_subset as val_subset_of
+from .splits import val_subset as val_subset_of
 from .loaders import val_loader
 from .loop import validate
 from .model_factory import build_model, reparameterize
@@ -133,7 +133,7 @@ def _eval_config(saved: dict[str, Any], *, data, batch_size, device, val_subset)
 
 def _load_val_set(cfg: TrainConfig):
     """(the validation set `cfg` scores, the size of its whole split; None for an iterable source). The
-    subset is `inputs.val_subset`, as in training and `quantize --eval-size`."""
+    subset is `splits.val_subset`, as in training and `quantize --eval-size`."""
     full = load_datasets(cfg.replace(val_subset=None), val_only=True)[1]
     if getattr(full, "iterable", False):
         return full, None

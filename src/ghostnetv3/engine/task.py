@@ -30,7 +30,7 @@ from .advice import branch_budget_note
 from .config import TrainConfig
 from .datasets import aug_config, load_datasets
 from .distributed import Dist
-from .inputs import check_train_classes
+from .splits import check_train_classes
 from .layout import resolve_layout
 from .loaders import train_loader, val_loader
 from .loop import validate

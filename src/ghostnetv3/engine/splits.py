@@ -1,4 +1,4 @@
-"""What a run is given, defined once for every command: the checks made before the first step (a
+"""The train/validation splits a run is given, defined once for every command: the checks made before the first step (a
 wrong input fails at start with both numbers named, not at step 1 as an index error or, worse, not
 at all), the seeded subsets of --train-subset/--val-subset, and the eval transform.
 
