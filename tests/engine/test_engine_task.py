@@ -207,3 +207,17 @@ def test_train_one_epoch_steps_every_batch_and_returns_the_mean_loss(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # ... exactly as the two steps move them
     assert t.train_time > 0
     assert not (tmp_path / ckpt_io.LAST).exists()        # the epoch's end (end_epoch) saves, not the steps
+
+
+def test_a_task_missing_part_of_the_protocol_cannot_be_made():
+    from ghostnetv3.engine.task import Task
+
+    class NoLoss(Task):
+        def load_datasets(self, cfg): ...
+        def build_model(self, cfg, num_classes, in_chans): ...
+        def train_loader(self, cfg, train_set, d, device): ...
+        def val_loader(self, cfg, val_set, device): ...
+        def evaluate(self, model, loader, device, amp="none"): ...
+
+    with pytest.raises(TypeError, match="loss"):
+        NoLoss()

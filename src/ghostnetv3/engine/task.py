@@ -16,6 +16,8 @@ carries the Mixup-mixed images and targets when `mixup_fn` is set); each epoch
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Optional
 
 import torch
@@ -44,8 +46,9 @@ def wants_distillation(cfg: TrainConfig) -> bool:
     return bool(cfg.teacher or cfg.teacher_cache)
 
 
-class Task:
-    """The protocol a task follows, with the defaults a task may keep (see the module docstring)."""
+class Task(abc.ABC):
+    """The protocol a task follows, with the defaults a task may keep (see the module docstring); a
+    task that lacks one of the abstract methods cannot be made (TypeError naming it)."""
 
     name = "task"
     metric = "top1"          # the key of `evaluate`'s dict that picks best.pt
@@ -59,8 +62,9 @@ class Task:
         """`cfg` with the decisions this task makes once and saves with the run."""
         return cfg
 
+    @abc.abstractmethod
     def load_datasets(self, cfg: TrainConfig):
-        raise NotImplementedError
+        """(train set, validation set) the config names."""
 
     def check_datasets(self, cfg: TrainConfig, train_set) -> None:
         """Refuse a training set this task cannot learn from."""
@@ -68,23 +72,28 @@ class Task:
     def eval_metric(self, cfg: TrainConfig) -> str:
         return self.metric
 
+    @abc.abstractmethod
     def build_model(self, cfg: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
-        raise NotImplementedError
+        """The network this task trains."""
 
     def setup(self, cfg: TrainConfig, train_set, in_chans: int, num_classes: int, device: torch.device) -> None:
         """What the loss and the loaders need, made once the data and the model are known."""
 
+    @abc.abstractmethod
     def train_loader(self, cfg: TrainConfig, train_set, d: Dist, device: torch.device):
-        raise NotImplementedError
+        """The training batches, resumable mid-epoch (`iter_from`, `set_epoch`)."""
 
+    @abc.abstractmethod
     def val_loader(self, cfg: TrainConfig, val_set, device: torch.device):
-        raise NotImplementedError
+        """The validation batches."""
 
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """(the loss of one batch, its named parts for the log)."""
 
+    @abc.abstractmethod
     def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str = "none") -> dict[str, Any]:
-        raise NotImplementedError
+        """The validation metrics of `model` on `loader` (holds `self.metric`)."""
 
     def describe(self, cfg: TrainConfig) -> str:
         """A part of the start-up line ('' for none; ends with ' | ')."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
+import torch.nn as nn
 
-from ghostnetv3.deploy.files import read_sidecar
+from ghostnetv3.deploy.files import read_sidecar, write_sidecar
+from ghostnetv3.deploy.pt2e import pt2e_quantize
 
-__all__ = ["example_input", "file_meta", "sidecar_batch"]
+__all__ = ["example_input", "file_meta", "sidecar_batch", "write_fp32", "write_pt2e_int8"]
 
 
 def example_input(path: str | os.PathLike, input_size: Sequence[int], batch_size: int) -> tuple[Path, torch.Tensor]:
@@ -34,3 +37,29 @@ def sidecar_batch(path: str | os.PathLike) -> Optional[int]:
     when it has no sidecar (a file exported elsewhere: fed whatever batch it is given)."""
     shape = read_sidecar(path).get("input_shape")
     return int(shape[0]) if shape else None
+
+
+# write(program, example, path, quantizer): a backend's converter; the quantizer is None for fp32
+Writer = Callable[[nn.Module, torch.Tensor, Path, Any], None]
+
+
+def write_fp32(write: Writer, fmt: str, model: nn.Module, path: str | os.PathLike, input_size: Sequence[int],
+               batch_size: int, meta: Optional[dict[str, Any]]) -> Path:
+    """`model` (fused, eval mode) through `write` with the fixed input (batch_size, *input_size), and its sidecar."""
+    path, example = example_input(path, input_size, batch_size)
+    write(model, example, path, None)
+    write_sidecar(path, file_meta(meta, fmt, example, int8=False))
+    return path
+
+
+def write_pt2e_int8(write: Writer, fmt: str, quantizer_name: str, model: nn.Module, path: str | os.PathLike,
+                    input_size: Sequence[int], calib: Iterable[np.ndarray], batch_size: int, per_channel: bool,
+                    observer: str, meta: Optional[dict[str, Any]]) -> tuple[Path, dict[str, Any], nn.Module]:
+    """PT2E INT8 through `write`: (path, quantization info, the quantized PyTorch graph: what the file
+    should compute)."""
+    path, example = example_input(path, input_size, batch_size)
+    reference, quantizer, n = pt2e_quantize(model, example, calib, fmt, per_channel, observer)
+    info = {"per_channel": per_channel, "observer": observer, "quantizer": quantizer_name, "calib_images": n}
+    write(reference, example, path, quantizer)
+    write_sidecar(path, file_meta(meta, fmt, example, int8=True, info=info))
+    return path, info, reference

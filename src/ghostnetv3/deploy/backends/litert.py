@@ -18,10 +18,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ghostnetv3.deploy.backends.common import example_input, file_meta, sidecar_batch
+from ghostnetv3.deploy.backends.common import sidecar_batch, write_fp32, write_pt2e_int8
 from ghostnetv3.deploy.extras import require
-from ghostnetv3.deploy.files import read_sidecar, write_sidecar
-from ghostnetv3.deploy.pt2e import pt2e_quantize
+from ghostnetv3.deploy.files import read_sidecar
 from ghostnetv3.deploy.steps import quiet_output
 
 __all__ = ["FORMAT", "SUFFIX", "FIXED_BATCH", "PACKAGES", "export", "export_int8", "load_runner", "read_metadata"]
@@ -45,22 +44,15 @@ def _write(program_model: nn.Module, example: torch.Tensor, path: Path, quantize
 def export(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int], batch_size: int = 1,
            meta: Optional[dict[str, Any]] = None) -> Path:
     """Write `model` (fused, eval mode) with the fixed input (batch_size, *input_size), and its sidecar."""
-    path, example = example_input(path, input_size, batch_size)
-    _write(model, example, path)
-    write_sidecar(path, file_meta(meta, FORMAT, example, int8=False))
-    return path
+    return write_fp32(_write, FORMAT, model, path, input_size, batch_size, meta)
 
 
 def export_int8(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int], calib: Iterable[np.ndarray],
                 batch_size: int = 1, per_channel: bool = True, observer: str = "histogram",
                 meta: Optional[dict[str, Any]] = None) -> tuple[Path, dict[str, Any], nn.Module]:
     """(path, quantization info, the quantized PyTorch graph: what the file should compute)."""
-    path, example = example_input(path, input_size, batch_size)
-    reference, quantizer, n = pt2e_quantize(model, example, calib, FORMAT, per_channel, observer)
-    info = {"per_channel": per_channel, "observer": observer, "quantizer": "litert_pt2e", "calib_images": n}
-    _write(reference, example, path, quantizer)
-    write_sidecar(path, file_meta(meta, FORMAT, example, int8=True, info=info))
-    return path, info, reference
+    return write_pt2e_int8(_write, FORMAT, "litert_pt2e", model, path, input_size, calib, batch_size, per_channel,
+                           observer, meta)
 
 
 def load_runner(path: str | os.PathLike, threads: Optional[int] = None
