@@ -3,13 +3,17 @@ and a cache built from anything else is refused."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from conftest import make_augment, make_set, make_teacher
 from ghostnetv3.data import InMemoryLoader
-from ghostnetv3.distill.cache import CacheMismatch, TeacherCache, build_cache, view_fn_for
+from ghostnetv3.distill.cache import (CacheMismatch, TeacherCache, build_cache, remove_dead_temp_files,
+                                      view_fn_for)
 from ghostnetv3.distill.losses import teacher_probs
 
 K = 4
@@ -135,3 +139,26 @@ def test_build_fails_cleanly_on_class_mismatch(tmp_path, toy_set, augment):
     with pytest.raises(ValueError, match="predicts 5 classes, the data has 10"):
         build_cache(make_teacher(classes=5), toy_set, augment, 2, tmp_path / "c.kdcache", progress=False)
     assert not any(tmp_path.iterdir())  # no half-written file left behind
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has this id until the kernel reuses it
+
+
+def test_a_killed_builds_temp_file_is_removed_and_a_live_ones_kept(tmp_path, built):
+    dead = tmp_path / f".t-logits.kdcache.tmp{_dead_pid()}"
+    live = tmp_path / f".t-logits.kdcache.tmp{os.getppid()}"
+    other = tmp_path / f".other.kdcache.tmp{_dead_pid()}"
+    for p in (dead, live, other):
+        p.write_bytes(b"half a cache")
+    lines = []
+    cache = built(log=lines.append)
+    assert not dead.exists() and live.exists() and other.exists()
+    assert any(dead.name in line and "process is gone" in line for line in lines)
+    view_lines = [line for line in lines if line.startswith("view ")]
+    assert [line.split(":")[0] for line in view_lines] == [f"view {v}/{K}" for v in range(1, K + 1)]
+    assert "img/s" in view_lines[-1] and "~0.0 min left" in view_lines[-1]
+    assert cache.views == K
+    assert remove_dead_temp_files(cache.path) == []  # the finished build left nothing behind

@@ -37,7 +37,7 @@ from ghostnetv3.data.rng import counter_uniform
 
 from .losses import TeacherOutput
 
-__all__ = ["FORMAT", "TeacherCache", "CacheMismatch", "build_cache", "transform_identity", "view_fn_for"]
+__all__ = ["FORMAT", "TeacherCache", "CacheMismatch", "build_cache", "remove_dead_temp_files", "transform_identity", "view_fn_for"]
 
 FORMAT = "ghostnetv3-teacher-cache/1"
 MAGIC = b"GNV3KDC1"
@@ -236,11 +236,14 @@ def _diff(a: dict, b: dict, prefix: str = "") -> str:
 
 def build_cache(teacher, train_set, augment, views: int, path: str | os.PathLike, *, topk: int = 10,
                 store: str = "auto", batch_size: int = 256, device: str | torch.device | None = None,
-                progress: bool = True, extra: Optional[dict] = None) -> TeacherCache:
+                progress: bool = True, extra: Optional[dict] = None,
+                log: Optional[Callable[[str], None]] = None) -> TeacherCache:
     """Run `teacher` on K augmented views of every image of `train_set` and write the cache to `path`.
 
     View v of sample i is `augment(images[i], i, key=v)`: the student replays it with the same key.
-    The file is written under a temporary name and renamed when complete.
+    The file is written under a temporary name and renamed when complete; the temporary file of a build
+    that was killed (its process is gone) is removed first. `log`, when given, gets one line per view
+    (rate and time left): the record of a build that runs without a progress bar.
     """
     if views < 1:
         raise ValueError(f"views must be at least 1, got {views}")
@@ -270,6 +273,9 @@ def build_cache(teacher, train_set, augment, views: int, path: str | os.PathLike
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    for stale in remove_dead_temp_files(path):
+        if log:
+            log(f"removed {stale.name}: the temporary file of a build whose process is gone")
     t0 = time.perf_counter()
     try:
         tmp.write_bytes(b"")
@@ -297,6 +303,10 @@ def build_cache(teacher, train_set, augment, views: int, path: str | os.PathLike
                     arrays["index"][v, s:s + len(idx)] = ti.numpy().astype(layout["index"]["dtype"])
                     arrays["rest"][v, s:s + len(idx)] = (1.0 - top.sum(-1)).clamp_min(0).numpy().astype(np.float16)
                 bar.update(len(idx))
+            if log:
+                done, spent = (v + 1) * n, time.perf_counter() - t0
+                log(f"view {v + 1}/{views}: {done} of {n * views} teacher outputs, {done / spent:.0f} img/s, "
+                    f"~{spent / done * (n * views - done) / 60:.1f} min left")
         bar.close()
         for a in arrays.values():
             a.flush()
@@ -309,6 +319,28 @@ def build_cache(teacher, train_set, augment, views: int, path: str | os.PathLike
         tmp.unlink(missing_ok=True)
         raise
     return TeacherCache(path)
+
+
+def remove_dead_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Remove `.NAME.tmpPID` files next to `path` whose process no longer runs (a build killed by a
+    signal or a power loss cannot remove its own). A live build's file is left alone."""
+    path, removed = Path(path), []
+    for p in path.parent.glob(f".{path.name}.tmp*"):
+        pid = p.name[len(path.name) + 5:]
+        if p.is_file() and pid.isdigit() and not _pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 _HEADER_SLACK = 1024  # bytes reserved for fields filled in when the build finishes

@@ -110,7 +110,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
           f"{len(train_set)} images x {args.views} views -> {out}", file=sys.stderr)
     cache = build_cache(teacher, train_set, augment, args.views, out, topk=args.topk, store=args.store,
                         batch_size=cfg.batch_size or 256, device=device, progress=not args.no_progress,
-                        extra={"recipe": cfg.to_dict()})
+                        extra={"recipe": cfg.to_dict()},
+                        log=(lambda line: print(line, file=sys.stderr, flush=True)) if args.no_progress else None)
     summary = _summary(cache, out, size_on_disk)
     summary["total_seconds"] = round(time.perf_counter() - t0, 2)
     print(json.dumps(summary))
