@@ -241,3 +241,13 @@ def test_the_results_readme_states_the_run_counts_its_reports_hold():
             assert (int(counts.group(1)), int(counts.group(2))) == (s["finished_runs"], s["planned_runs"]), row
             checked += 1
     assert checked >= 1
+
+
+def test_the_budget_chart_names_the_teachers_score_through_the_students_view(tmp_path):
+    plan = load_plan(write_plan(tmp_path / "v.yaml", tmp_path / "res", name="v"))
+    results = fake_results(plan, SCORES, global_step=4700)
+    results["teacher"].update(student_view_top1=88.5, student_img_size=32, teacher_input_size=96)
+    write_report(plan, results)
+    b = collect(tmp_path / "res")
+    assert [r["teacher"] for r in b["rows"] if r["ingredient"] == "kd"] == ["lite 91.0% (88.5% on the student's view)"]
+    assert "| lite 91.0% (88.5% on the student's view) |" in to_markdown_budget(b)

@@ -52,6 +52,18 @@ def test_cache_teacher_cli_builds_a_complete_cache(cache_file, teacher_run):
     assert cache.header["extra"]["recipe"]["img_size"] == 16
 
 
+def test_cache_teacher_records_the_teachers_score_through_the_students_view(cache_file, teacher_run):
+    from ghostnetv3.distill.cache import TeacherCache
+    from ghostnetv3.engine.evaluate import evaluate_checkpoint
+
+    scored = TeacherCache(cache_file).header["extra"]["teacher_val"]
+    # the student's view is the teacher's own input here (16 px both): the score is the teacher run's own
+    own = evaluate_checkpoint(teacher_run / "best.pt", weights="raw")
+    assert scored["n"] == own["n"] == 64
+    assert scored["top1"] == pytest.approx(own["raw"]["top1"], abs=1e-3)
+    assert scored["student_img_size"] == 16 and scored["teacher_input_size"] == 16
+
+
 def test_cache_teacher_cli_reuses_a_matching_cache_and_refuses_a_stale_one(cache_file, teacher_run, capsys):
     from ghostnetv3.cli import main
 

@@ -33,12 +33,17 @@ def _grid(path: Path, s: dict[str, Any], tagged: list[dict[str, Any]]) -> dict[s
             "steps_from": steps_from,
             "finished_runs": s.get("finished_runs"),
             "planned_runs": s.get("planned_runs"), "updated": s.get("updated"),
-            "teacher": {"model": t.get("model"), "top1": t.get("top1")} if t.get("top1") is not None else None}
+            "teacher": {"model": t.get("model"), "top1": t.get("top1"),
+                        **({"student_view_top1": t["student_view_top1"]} if t.get("student_view_top1") is not None
+                           else {})} if t.get("top1") is not None else None}
 
 
 def _teacher(grid: dict[str, Any]) -> Optional[str]:
     t = grid["teacher"]
-    return None if t is None else f"{t['model']} {t['top1']:.1f}%"
+    if t is None:
+        return None
+    view = t.get("student_view_top1")
+    return f"{t['model']} {t['top1']:.1f}%" + (f" ({view:.1f}% on the student's view)" if view is not None else "")
 
 
 def _read(path: Path) -> dict[str, Any]:

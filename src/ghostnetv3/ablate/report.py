@@ -23,6 +23,8 @@ _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
 LABELS = {"top1": "top-1", "macro_f1": "macro-F1", "balanced_acc": "balanced acc."}
+# the teacher's top-1 through the students' eval view (cache-teacher records it; older reports lack it)
+TEACHER_VIEW_KEYS = ("student_view_top1", "student_img_size", "teacher_input_size")
 
 
 def t975(df: int) -> float:
@@ -142,8 +144,9 @@ def summarize(plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
             "budget_overrides": plan.overrides, "steps_per_run": grid_steps(steps)[0],
             "steps_from": grid_steps(steps)[1],
             "seeds": plan.seeds, "metrics": list(plan.metrics),
-            "teacher": None if teacher is None else {k: teacher.get(k) for k in ("model", "top1", "macro_f1",
-                                                                                 "balanced_acc", "wall_s")},
+            "teacher": None if teacher is None else {
+                **{k: teacher.get(k) for k in ("model", "top1", "macro_f1", "balanced_acc", "wall_s")},
+                **{k: teacher[k] for k in TEACHER_VIEW_KEYS if teacher.get(k) is not None}},
             "finished_runs": sum(len(v) for v in by_arm.values()),
             "planned_runs": plan.seeds * len(plan.arms), "total_train_wall_s": sum(all_walls),
             "machine": results.get("machine") or f"{platform.machine()} {os.cpu_count()}-core CPU, "
@@ -214,7 +217,10 @@ def _header(s: dict[str, Any]) -> list[str]:
     if s.get("teacher"):
         t = s["teacher"]
         lines.append(f"- teacher (KD arms): {t['model']}, top-1 {t['top1']:.2f}"
-                     + (f", balanced acc. {t['balanced_acc']:.2f}" if t.get("balanced_acc") is not None else ""))
+                     + (f", balanced acc. {t['balanced_acc']:.2f}" if t.get("balanced_acc") is not None else "")
+                     + (f"; through the students' eval view ({t['student_img_size']} px resized to its "
+                        f"{t['teacher_input_size']}), which is what the cache holds: top-1 "
+                        f"{t['student_view_top1']:.2f}" if t.get("student_view_top1") is not None else ""))
     return lines
 
 

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ghostnetv3.distill.cache import TeacherCache
 from ghostnetv3.engine import checkpoint as ckpt_io
 from ghostnetv3.engine.config import load_config
 from ghostnetv3.engine.evaluate import evaluate_checkpoint
@@ -456,11 +457,27 @@ class Runner:
             teacher = json.loads((self.teacher_dir / RESULT).read_text())
         elif self.report_path.exists():  # a fresh clone: the teacher the committed report names
             teacher = json.loads(self.report_path.read_text()).get("teacher")
+        if teacher is not None:
+            teacher = {**teacher, **self._teacher_on_student_view()}
         out = {"arms": by_arm, "teacher": teacher, "earlier_config": earlier}
         if recorded and self.report_path.exists() and not unreported:  # nothing new: its machine and date stay
             old = json.loads(self.report_path.read_text())
             out.update(machine=old.get("machine"), updated=old.get("updated"))
         return out
+
+    def _teacher_on_student_view(self) -> dict[str, Any]:
+        """The teacher's top-1 through this plan's student eval view, as `cache-teacher` recorded it in
+        a seed's cache (the same for every seed); {} when no cache holds it."""
+        for seed in range(self.plan.seeds):
+            path = self.cache_path(seed)
+            try:
+                scored = TeacherCache(path).header.get("extra", {}).get("teacher_val") if path.exists() else None
+            except ValueError:  # a damaged cache is rebuilt by the next KD run; the report does without it
+                scored = None
+            if scored:
+                return {"student_view_top1": scored["top1"], "student_img_size": scored["student_img_size"],
+                        "teacher_input_size": scored["teacher_input_size"]}
+        return {}
 
     def write_report(self, recorded: bool = False) -> dict[str, Path]:
         """Rewrite the report from the results on disk; one process at a time, so the last one written

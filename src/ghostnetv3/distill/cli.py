@@ -73,7 +73,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     from ghostnetv3.engine.datasets import aug_config, load_datasets
 
     from .cache import TeacherCache, build_cache, size_on_disk
-    from .teachers import create_teacher
+    from .teachers import create_teacher, score_teacher
 
     cfg = config_from_args(argparse.Namespace(
         recipe=args.recipe, **{k: v for k, v in vars(args).items() if k.startswith("key_") and k != "key_output"}))
@@ -86,7 +86,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
-    train_set, _ = load_datasets(cfg)  # the engine's own loading: the same images, subset and order
+    train_set, val_set = load_datasets(cfg)  # the engine's own loading: the same images, subset and order
     num_classes = cfg.num_classes or len(train_set.classes)
     in_chans = cfg.in_chans or int(train_set.images.shape[1])
     augment = BatchAugment(aug_config(cfg, in_chans, train=True), seed=cfg.seed)
@@ -108,9 +108,16 @@ def _cmd_cache(args: argparse.Namespace) -> int:
                 raise ValueError(f"{out} exists and does not match: {e}\npass --overwrite to replace it") from None
     print(f"teacher {teacher.name} ({teacher.source or 'weights ' + teacher.weights}), "
           f"{len(train_set)} images x {args.views} views -> {out}", file=sys.stderr)
+    scored = None
+    if val_set is not None and len(val_set):  # what the student is taught: the teacher on the student's view
+        scored = score_teacher(teacher, val_set, BatchAugment(aug_config(cfg, in_chans, train=False), seed=cfg.seed),
+                               batch_size=cfg.batch_size or 256)
+        print(f"teacher top-1 {scored['top1']:.2f}% on the {scored['n']} validation images through the student's "
+              f"eval view ({scored['student_img_size']} px, resized to the teacher's {scored['teacher_input_size']})",
+              file=sys.stderr)
     cache = build_cache(teacher, train_set, augment, args.views, out, topk=args.topk, store=args.store,
                         batch_size=cfg.batch_size or 256, device=device, progress=not args.no_progress,
-                        extra={"recipe": cfg.to_dict()},
+                        extra={"recipe": cfg.to_dict(), **({"teacher_val": scored} if scored else {})},
                         log=(lambda line: print(line, file=sys.stderr, flush=True)) if args.no_progress else None)
     summary = _summary(cache, out, size_on_disk)
     summary["total_seconds"] = round(time.perf_counter() - t0, 2)
@@ -124,7 +131,8 @@ def _summary(cache, out: Path, size_on_disk) -> dict:
     return {"cache": str(out), "teacher": h["teacher"]["name"], "weights": h["teacher"]["weights"],
             "data": h["dataset"]["name"], "images": cache.num_samples, "views": cache.views, "store": cache.store,
             "topk": h.get("topk"), "bytes": out.stat().st_size, "bytes_on_disk": size_on_disk(out),
-            "build_seconds": h.get("build_seconds")}
+            "build_seconds": h.get("build_seconds"),
+            "teacher_val_top1": h.get("extra", {}).get("teacher_val", {}).get("top1")}
 
 
 def _default_path(cfg, teacher, train_set, views: int) -> Path:

