@@ -126,6 +126,7 @@ def test_run_directory_teacher_uses_the_best_weights_fused(tmp_path, source):
     assert teacher.classes == ["a", "b", "c", "d"] and source in teacher.source
     from ghostnetv3.rep import has_branches
     assert not has_branches(teacher.model)   # fused for inference
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.model.modules())  # and BN folded
     x = torch.randn(2, 1, 32, 32)
     want = (model if source == "raw" else ema)(x)
     torch.testing.assert_close(teacher(x), want, rtol=1e-4, atol=1e-4)

@@ -32,7 +32,7 @@ from ghostnetv3.engine import checkpoint as ckpt_io
 from ghostnetv3.engine.run import Run
 from ghostnetv3.errors import UserError
 from ghostnetv3.models import create_model, is_ours, load_checkpoint, read_state_dict
-from ghostnetv3.rep import has_branches, reparameterize, repify
+from ghostnetv3.rep import fold_batchnorm, has_branches, reparameterize, repify
 
 __all__ = ["Teacher", "create_teacher", "score_teacher", "wheel_state_dict", "WHEEL_TEACHERS", "weights_hash"]
 
@@ -241,6 +241,10 @@ def create_teacher(name_or_path: str, num_classes: Optional[int] = None, checkpo
     model.eval()
     if has_branches(model):  # eval-mode fusion gives the same outputs, several times faster
         model = reparameterize(model, inplace=True)
+    size, in_chans = int(input_size or info.get("input_size", 224)), int(info.get("in_chans", 3))
+    # BN folded into the convs: the same outputs (checked on this probe) without the BN passes, ~1.5x on CPU
+    probe = torch.randn(2, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    model, _ = fold_batchnorm(model, probe)
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device)
@@ -249,7 +253,7 @@ def create_teacher(name_or_path: str, num_classes: Optional[int] = None, checkpo
             if t.dim() == 4:
                 t.data = t.data.contiguous(memory_format=torch.channels_last)
     teacher = Teacher(model, info["name"], weights, tcls,
-                      in_chans=info.get("in_chans", 3), input_size=int(input_size or info.get("input_size", 224)),
+                      in_chans=in_chans, input_size=size,
                       mean=tuple(info.get("mean", _IMAGENET_MEAN)), std=tuple(info.get("std", _IMAGENET_STD)),
                       interpolation=info.get("interpolation", "bilinear"), amp_dtype=_amp_dtype(amp, device),
                       source=info.get("source", ""), classes=info.get("classes"))

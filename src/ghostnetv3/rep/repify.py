@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .conv import REP_INITS, RepConv2d
+from .fold import bn_tail
 
 __all__ = ["repify"]
 
@@ -41,13 +42,6 @@ def _site_kind(conv: nn.Module) -> str | None:
 def _is_bn_for(bn: nn.Module, conv: nn.Conv2d) -> bool:
     return (isinstance(bn, nn.BatchNorm2d) and bn.num_features == conv.out_channels
             and bn.affine and bn.track_running_stats)
-
-
-def _bn_tail(bn: nn.BatchNorm2d) -> nn.Module:
-    """What stays in the BN's slot: nothing, or the activation of timm's BatchNormAct2d."""
-    tail = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
-    tail = [m for m in tail if not isinstance(m, nn.Identity)]
-    return nn.Sequential(*tail) if tail else nn.Identity()
 
 
 @torch.no_grad()
@@ -123,7 +117,7 @@ def repify(model: nn.Module, num_conv_branches: int = 3, scale_branch: bool = Tr
             rep.repify_origin["bn_name"] = bname
             rep.train(conv.training)
             setattr(parent, cname, rep)
-            setattr(parent, bname, _bn_tail(bn))
+            setattr(parent, bname, bn_tail(bn))
             converted += 1
     if not converted:
         warnings.warn(f"repify: {type(model).__name__} has no depthwise or 1×1 conv followed by a "
