@@ -162,3 +162,24 @@ def test_a_killed_builds_temp_file_is_removed_and_a_live_ones_kept(tmp_path, bui
     assert "img/s" in view_lines[-1] and "~0.0 min left" in view_lines[-1]
     assert cache.views == K
     assert remove_dead_temp_files(cache.path) == []  # the finished build left nothing behind
+
+
+def test_kdcache_stats_script_reads_what_the_cache_teaches(built, toy_set, augment, teacher):
+    import runpy
+    from pathlib import Path
+
+    stats = runpy.run_path(str(Path(__file__).resolve().parents[2] / "scripts" / "kdcache_stats.py"))["cache_stats"]
+    cache = built()
+    mean, std = augment.cfg.norm_stats()
+    want, conf = [], []
+    for v in range(K):  # the plain math: the online teacher on each replayed view
+        idx = torch.arange(len(toy_set))
+        p = teacher.predict(augment(toy_set.images, idx, torch.full_like(idx, v)), mean, std).softmax(-1)
+        want.append(100.0 * float((p.argmax(-1) == toy_set.labels).float().mean()))
+        conf.append(float(p.max(-1).values.mean()))
+    got = stats(cache, toy_set.labels, batch=7)  # batches that do not divide the set
+    assert got["views"] == K and got["images"] == len(toy_set)
+    assert got["top1_per_view"] == pytest.approx(want, abs=0.01 + 100.0 / len(toy_set))  # fp16 may flip a tie
+    assert got["mean_top_prob"] == pytest.approx(sum(conf) / K, abs=2e-3)
+    with pytest.raises(ValueError, match="pass the config the cache was built with"):
+        stats(cache, toy_set.labels[:5])
