@@ -37,7 +37,8 @@ from ghostnetv3.data.rng import counter_uniform
 
 from .losses import TeacherOutput
 
-__all__ = ["FORMAT", "TeacherCache", "CacheMismatch", "build_cache", "remove_dead_temp_files", "transform_identity", "view_fn_for"]
+__all__ = ["FORMAT", "TeacherCache", "CacheMismatch", "build_cache", "remove_dead_temp_files", "transform_identity",
+           "view_fn_for"]
 
 FORMAT = "ghostnetv3-teacher-cache/1"
 MAGIC = b"GNV3KDC1"
